@@ -1,0 +1,189 @@
+//! What every service shares: error bodies, JSON body parsing, limits, the request counter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::db::DbError;
+use crate::error::ValidationError;
+
+/// Bounds every service applies to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceLimits {
+    /// Largest request body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+    /// A request that takes longer gets 408.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServiceLimits {
+    /// Adds the body limit and the timeout to a router.
+    pub fn apply<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router
+            .layer(axum::extract::DefaultBodyLimit::max(self.max_body_bytes))
+            .layer(RequestBodyLimitLayer::new(self.max_body_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                self.request_timeout,
+            ))
+    }
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "database call failed");
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// `{}` with a status: the contract's empty success body.
+pub fn empty(status: StatusCode) -> Response {
+    (status, Json(json!({}))).into_response()
+}
+
+/// Parses a request body as a JSON object. Unknown fields are kept and ignored by callers.
+pub fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A required string field of a JSON object.
+pub fn string_field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    match body.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "field {name:?} must be a string"
+        ))),
+        None => Err(ApiError::bad_request(format!("field {name:?} is missing"))),
+    }
+}
+
+/// A required field of any type.
+pub fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
+    body.get(name)
+        .ok_or_else(|| ApiError::bad_request(format!("field {name:?} is missing")))
+}
+
+/// The per-instance count of requests on a service's own API paths.
+#[derive(Debug, Default)]
+pub struct RequestCounter(AtomicU64);
+
+impl RequestCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Middleware counting every request that reached a counted route (405s included).
+pub async fn count_request(
+    State(counter): State<Arc<RequestCounter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    counter.bump();
+    next.run(request).await
+}
+
+/// Wraps the service's own API routes so each request to them is counted, and adds the
+/// uncounted `_count` routes.
+pub fn with_counter<S: Clone + Send + Sync + 'static>(
+    counted: Router<S>,
+    counter: Arc<RequestCounter>,
+) -> Router<S> {
+    let count_routes = Router::new().route(
+        "/api/v1/_count",
+        get({
+            let counter = Arc::clone(&counter);
+            move || async move { Json(json!([counter.get()])) }
+        })
+        .delete({
+            let counter = Arc::clone(&counter);
+            move || async move {
+                counter.reset();
+                empty(StatusCode::OK)
+            }
+        }),
+    );
+    counted
+        .route_layer(axum::middleware::from_fn_with_state(counter, count_request))
+        .merge(count_routes)
+}
+
+/// Unknown paths: 404 with a JSON body.
+pub async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such path".into(),
+    }
+}
+
+/// `GET /health`: liveness, not counted.
+pub fn health_route<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+}

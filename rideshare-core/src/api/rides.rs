@@ -1,0 +1,254 @@
+//! The rides service: `POST/GET /api/v1/rides`, `GET/POST/DELETE /api/v1/rides/{rideId}`,
+//! `GET /api/v1/rides/count`, `POST /api/v1/db/clear`, `GET/DELETE /api/v1/_count`.
+//!
+//! It checks that a user exists the way the contract says: `GET /api/v1/users` through the
+//! gateway, with an `Origin` header naming its own public address. It never reads users itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::common::{
+    empty, field, health_route, json_object, not_found, string_field, with_counter, ApiError,
+    RequestCounter, ServiceLimits,
+};
+use super::users::unexpected;
+use crate::area::Area;
+use crate::clock::Clock;
+use crate::db::Db;
+use crate::domain::{RideId, Timestamp, Username};
+use crate::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
+
+/// Where the rides service finds users, and who it says it is.
+#[derive(Clone, Debug)]
+pub struct RidesConfig {
+    /// Base URL of the gateway (load balancer), e.g. `http://127.0.0.1:8080`.
+    pub gateway_url: String,
+    /// This service's own public address, sent as `Origin` on the user check.
+    pub origin: String,
+    /// Bound on one user check.
+    pub users_timeout: Duration,
+}
+
+struct RidesState<D> {
+    db: D,
+    clock: Arc<dyn Clock>,
+    config: RidesConfig,
+    http: reqwest::Client,
+}
+
+/// The rides service.
+pub fn rides_router<D: Db>(
+    db: D,
+    clock: Arc<dyn Clock>,
+    config: RidesConfig,
+    limits: ServiceLimits,
+) -> Router {
+    let http = reqwest::Client::builder()
+        .timeout(config.users_timeout)
+        .build()
+        .unwrap_or_default();
+    let state = Arc::new(RidesState {
+        db,
+        clock,
+        config,
+        http,
+    });
+    let counted = Router::new()
+        .route("/api/v1/rides", post(create_ride::<D>).get(list_rides::<D>))
+        .route("/api/v1/rides/count", get(count_rides::<D>))
+        .route(
+            "/api/v1/rides/{ride_id}",
+            get(get_ride::<D>)
+                .post(join_ride::<D>)
+                .delete(delete_ride::<D>),
+        );
+    let router = with_counter(counted, Arc::new(RequestCounter::default()))
+        .route("/api/v1/db/clear", post(clear::<D>))
+        .merge(health_route())
+        .fallback(not_found)
+        .with_state(state);
+    limits.apply(router)
+}
+
+impl<D: Db> RidesState<D> {
+    /// Asks the users service, through the gateway, whether `user` exists.
+    async fn user_exists(&self, user: &Username) -> Result<bool, ApiError> {
+        let url = format!(
+            "{}/api/v1/users",
+            self.config.gateway_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .get(&url)
+            .header("Origin", &self.config.origin)
+            .send()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("users service unreachable: {e}")))?;
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(false),
+            StatusCode::OK => {
+                let users: Vec<String> = response.json().await.map_err(|e| {
+                    ApiError::unavailable(format!("users service sent a bad list: {e}"))
+                })?;
+                Ok(users.iter().any(|u| u == user.as_str()))
+            }
+            other => Err(ApiError::unavailable(format!(
+                "users service answered {other} to the user check"
+            ))),
+        }
+    }
+
+    async fn require_user(&self, user: &Username) -> Result<(), ApiError> {
+        if self.user_exists(user).await? {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!("no such user {user:?}")))
+        }
+    }
+}
+
+fn ride_id(text: &str) -> Result<RideId, ApiError> {
+    Ok(RideId::parse(text)?)
+}
+
+async fn create_ride<D: Db>(
+    State(state): State<Arc<RidesState<D>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let created_by = Username::parse(string_field(&body, "created_by")?)
+        .map_err(|_| ApiError::bad_request("no such user"))?;
+    let timestamp = Timestamp::parse(string_field(&body, "timestamp")?)?;
+    let source = Area::from_json(field(&body, "source")?)?;
+    let destination = Area::from_json(field(&body, "destination")?)?;
+    state.require_user(&created_by).await?;
+    match state
+        .db
+        .write(WriteOp::CreateRide {
+            created_by: created_by.clone(),
+            timestamp,
+            source,
+            destination,
+        })
+        .await?
+    {
+        WriteOutcome::RideCreated { .. } => Ok(empty(StatusCode::CREATED)),
+        WriteOutcome::NoSuchUser => Err(ApiError::bad_request(format!(
+            "no such user {created_by:?}"
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn list_rides<D: Db>(
+    State(state): State<Arc<RidesState<D>>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let param = |name: &str| {
+        params
+            .get(name)
+            .ok_or_else(|| ApiError::bad_request(format!("query parameter {name:?} is missing")))
+    };
+    let source = Area::parse(param("source")?)?;
+    let destination = Area::parse(param("destination")?)?;
+    let op = ReadOp::UpcomingRides {
+        source,
+        destination,
+        after: state.clock.now(),
+    };
+    match state.db.read(op).await? {
+        ReadOutcome::Rides { rides } if rides.is_empty() => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ReadOutcome::Rides { rides } => Ok(Json(rides).into_response()),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected read result {other:?}"
+        ))),
+    }
+}
+
+async fn get_ride<D: Db>(
+    State(state): State<Arc<RidesState<D>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ride_id = ride_id(&id)?;
+    match state.db.read(ReadOp::GetRide { ride_id }).await? {
+        ReadOutcome::Ride { ride: Some(ride) } => Ok(Json(ride).into_response()),
+        ReadOutcome::Ride { ride: None } => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected read result {other:?}"
+        ))),
+    }
+}
+
+async fn join_ride<D: Db>(
+    State(state): State<Arc<RidesState<D>>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ride_id = ride_id(&id)?;
+    let body = json_object(&body)?;
+    let username = Username::parse(string_field(&body, "username")?)
+        .map_err(|_| ApiError::bad_request("no such user"))?;
+    state.require_user(&username).await?;
+    match state
+        .db
+        .write(WriteOp::JoinRide {
+            ride_id,
+            username: username.clone(),
+        })
+        .await?
+    {
+        WriteOutcome::Done => Ok(empty(StatusCode::OK)),
+        WriteOutcome::NoSuchRide => Err(ApiError::bad_request(format!("no such ride {ride_id}"))),
+        WriteOutcome::NoSuchUser => {
+            Err(ApiError::bad_request(format!("no such user {username:?}")))
+        }
+        WriteOutcome::CreatorCannotJoin => Err(ApiError::bad_request(
+            "the creator of a ride cannot join it",
+        )),
+        WriteOutcome::AlreadyJoined => Err(ApiError::bad_request(format!(
+            "{username:?} has already joined ride {ride_id}"
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn delete_ride<D: Db>(
+    State(state): State<Arc<RidesState<D>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ride_id = ride_id(&id)?;
+    match state.db.write(WriteOp::DeleteRide { ride_id }).await? {
+        WriteOutcome::Done => Ok(empty(StatusCode::OK)),
+        WriteOutcome::NoSuchRide => Err(ApiError::bad_request(format!("no such ride {ride_id}"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn count_rides<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
+    match state.db.read(ReadOp::CountRides).await? {
+        ReadOutcome::Count { count } => Ok(Json([count]).into_response()),
+        other => Err(ApiError::unavailable(format!(
+            "unexpected read result {other:?}"
+        ))),
+    }
+}
+
+async fn clear<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
+    match state.db.write(WriteOp::ClearRides).await {
+        Ok(WriteOutcome::Done) => Ok(empty(StatusCode::OK)),
+        Ok(other) => Err(ApiError::bad_request(format!("could not clear: {other:?}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not clear the database: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,353 @@
+//! The deterministic state machine and the `Store` trait it runs on.
+//!
+//! `decide` looks at the state and an operation and hands back an outcome plus the mutations to
+//! make; it does no IO of its own. `StateMachine::apply` then has the store commit the mutations,
+//! the request id and the log index in one transaction. Any two stores that apply the same log
+//! in the same order therefore hold the same state and gave the same answers.
+//!
+//! To ensure correctness a `Store` must:
+//! - make `commit` atomic: after a crash either all of a commit is visible or none of it;
+//! - return users in creation order and joined users in join order;
+//! - keep `next_ride_id` across `ClearAll`/`ClearRides` (ids are never reused);
+//! - remember applied request ids at least as long as `REQUEST_MEMORY` commits.
+
+use crate::area::Area;
+use crate::domain::{RideId, Timestamp, Username};
+use crate::error::StoreError;
+use crate::ops::{ReadOp, ReadOutcome, RequestId, RideDetail, RideSummary, WriteOp, WriteOutcome};
+
+/// How many recent request ids a store remembers for deduplication. A redelivery older than
+/// this many later writes is not expected: the queues redeliver within seconds.
+pub const REQUEST_MEMORY: u64 = 100_000;
+
+/// A ride as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ride {
+    pub id: RideId,
+    pub created_by: Username,
+    pub timestamp: Timestamp,
+    pub source: Area,
+    pub destination: Area,
+}
+
+/// One change to the state. The store applies them in order inside one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    InsertUser {
+        username: Username,
+        password_hash: String,
+    },
+    /// Deletes the user, the user's rides (with their riders) and the user's joins.
+    DeleteUserCascade {
+        username: Username,
+    },
+    InsertRide(Ride),
+    AddRider {
+        ride_id: RideId,
+        username: Username,
+    },
+    DeleteRide {
+        ride_id: RideId,
+    },
+    SetNextRideId(u64),
+    DeleteAllRides,
+    DeleteAllUsers,
+}
+
+/// What one log entry leaves behind, committed atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The log index of the entry; the store's applied index becomes this.
+    pub index: u64,
+    /// The request and its outcome, remembered for deduplication (none for markers).
+    pub request: Option<(RequestId, WriteOutcome)>,
+    pub mutations: Vec<Mutation>,
+}
+
+/// A replica's storage. Queries take `&mut self` because SQLite connections need it.
+pub trait Store: Send {
+    fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError>;
+    /// Usernames in creation order.
+    fn list_users(&mut self) -> Result<Vec<Username>, StoreError>;
+    fn ride(&mut self, id: RideId) -> Result<Option<Ride>, StoreError>;
+    /// Joined users of a ride in join order.
+    fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError>;
+    /// Rides between two areas strictly after `after`, ordered by time then id.
+    fn upcoming(
+        &mut self,
+        source: Area,
+        destination: Area,
+        after: Timestamp,
+    ) -> Result<Vec<Ride>, StoreError>;
+    fn ride_count(&mut self) -> Result<u64, StoreError>;
+    /// The id the next ride gets; starts at 1.
+    fn next_ride_id(&mut self) -> Result<u64, StoreError>;
+    /// The outcome a request got when it was applied, if it was.
+    fn applied_request(&mut self, id: &RequestId) -> Result<Option<WriteOutcome>, StoreError>;
+    /// The log index of the last commit; 0 for a new store.
+    fn applied_index(&mut self) -> Result<u64, StoreError>;
+    /// Applies a commit atomically.
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError>;
+    /// Every user with password hash, every ride with riders, and the next ride id, in a
+    /// canonical order: what `checksum` digests and what snapshots carry.
+    fn dump(&mut self) -> Result<Dump, StoreError>;
+}
+
+/// A canonical copy of the state (request memory excluded).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Dump {
+    pub users: Vec<(Username, String)>,
+    pub rides: Vec<(Ride, Vec<Username>)>,
+    pub next_ride_id: u64,
+}
+
+impl Dump {
+    /// FNV-1a over a canonical rendering: stable across processes and versions.
+    pub fn checksum(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            hash ^= 0xff;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        for (user, password_hash) in &self.users {
+            feed(user.as_str().as_bytes());
+            feed(password_hash.as_bytes());
+        }
+        for (ride, riders) in &self.rides {
+            feed(&ride.id.0.to_le_bytes());
+            feed(ride.created_by.as_str().as_bytes());
+            feed(&ride.timestamp.to_seconds().to_le_bytes());
+            feed(&ride.source.number().to_le_bytes());
+            feed(&ride.destination.number().to_le_bytes());
+            for rider in riders {
+                feed(rider.as_str().as_bytes());
+            }
+        }
+        feed(&self.next_ride_id.to_le_bytes());
+        hash
+    }
+}
+
+/// Decides an operation against the current state: the outcome and the mutations that make it
+/// true. Pure apart from reading the store.
+pub fn decide<S: Store + ?Sized>(
+    store: &mut S,
+    op: &WriteOp,
+) -> Result<(WriteOutcome, Vec<Mutation>), StoreError> {
+    Ok(match op {
+        WriteOp::AddUser {
+            username,
+            password_hash,
+        } => {
+            if store.user_exists(username)? {
+                (WriteOutcome::UserExists, vec![])
+            } else {
+                (
+                    WriteOutcome::Done,
+                    vec![Mutation::InsertUser {
+                        username: username.clone(),
+                        password_hash: password_hash.clone(),
+                    }],
+                )
+            }
+        }
+        WriteOp::DeleteUser { username } => {
+            if store.user_exists(username)? {
+                (
+                    WriteOutcome::Done,
+                    vec![Mutation::DeleteUserCascade {
+                        username: username.clone(),
+                    }],
+                )
+            } else {
+                (WriteOutcome::NoSuchUser, vec![])
+            }
+        }
+        WriteOp::CreateRide {
+            created_by,
+            timestamp,
+            source,
+            destination,
+        } => {
+            if !store.user_exists(created_by)? {
+                (WriteOutcome::NoSuchUser, vec![])
+            } else {
+                let id = store.next_ride_id()?;
+                let ride = Ride {
+                    id: RideId(id),
+                    created_by: created_by.clone(),
+                    timestamp: *timestamp,
+                    source: *source,
+                    destination: *destination,
+                };
+                (
+                    WriteOutcome::RideCreated {
+                        ride_id: RideId(id),
+                    },
+                    vec![Mutation::InsertRide(ride), Mutation::SetNextRideId(id + 1)],
+                )
+            }
+        }
+        WriteOp::JoinRide { ride_id, username } => match store.ride(*ride_id)? {
+            None => (WriteOutcome::NoSuchRide, vec![]),
+            Some(ride) => {
+                if !store.user_exists(username)? {
+                    (WriteOutcome::NoSuchUser, vec![])
+                } else if ride.created_by == *username {
+                    (WriteOutcome::CreatorCannotJoin, vec![])
+                } else if store.riders(*ride_id)?.contains(username) {
+                    (WriteOutcome::AlreadyJoined, vec![])
+                } else {
+                    (
+                        WriteOutcome::Done,
+                        vec![Mutation::AddRider {
+                            ride_id: *ride_id,
+                            username: username.clone(),
+                        }],
+                    )
+                }
+            }
+        },
+        WriteOp::DeleteRide { ride_id } => {
+            if store.ride(*ride_id)?.is_some() {
+                (
+                    WriteOutcome::Done,
+                    vec![Mutation::DeleteRide { ride_id: *ride_id }],
+                )
+            } else {
+                (WriteOutcome::NoSuchRide, vec![])
+            }
+        }
+        WriteOp::ClearRides => (WriteOutcome::Done, vec![Mutation::DeleteAllRides]),
+        WriteOp::ClearUsers | WriteOp::ClearAll => (
+            WriteOutcome::Done,
+            vec![Mutation::DeleteAllRides, Mutation::DeleteAllUsers],
+        ),
+    })
+}
+
+/// Answers a query from the current state.
+pub fn query<S: Store + ?Sized>(store: &mut S, op: &ReadOp) -> Result<ReadOutcome, StoreError> {
+    Ok(match op {
+        ReadOp::ListUsers => ReadOutcome::Users {
+            users: store.list_users()?,
+        },
+        ReadOp::UpcomingRides {
+            source,
+            destination,
+            after,
+        } => ReadOutcome::Rides {
+            rides: store
+                .upcoming(*source, *destination, *after)?
+                .into_iter()
+                .map(|r| RideSummary {
+                    ride_id: r.id,
+                    username: r.created_by,
+                    timestamp: r.timestamp,
+                })
+                .collect(),
+        },
+        ReadOp::GetRide { ride_id } => ReadOutcome::Ride {
+            ride: match store.ride(*ride_id)? {
+                None => None,
+                Some(ride) => Some(RideDetail {
+                    ride_id: ride.id,
+                    users: store.riders(ride.id)?,
+                    created_by: ride.created_by,
+                    timestamp: ride.timestamp,
+                    source: ride.source,
+                    destination: ride.destination,
+                }),
+            },
+        },
+        ReadOp::CountRides => ReadOutcome::Count {
+            count: store.ride_count()?,
+        },
+        ReadOp::Checksum => ReadOutcome::Checksum {
+            checksum: store.dump()?.checksum(),
+            applied_index: store.applied_index()?,
+        },
+    })
+}
+
+/// What applying one log entry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied now, with this outcome.
+    Fresh(WriteOutcome),
+    /// The request id was applied before (a redelivery): the first outcome, nothing changed.
+    Duplicate(WriteOutcome),
+    /// The index is at or below the applied index: already in the store.
+    AlreadyApplied,
+}
+
+/// A store driven by log entries: the replica's whole database logic.
+pub struct StateMachine<S> {
+    store: S,
+}
+
+impl<S: Store> StateMachine<S> {
+    pub fn new(store: S) -> Self {
+        StateMachine { store }
+    }
+
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    pub fn applied_index(&mut self) -> Result<u64, StoreError> {
+        self.store.applied_index()
+    }
+
+    /// Applies the write at log `index`, at most once per index and per request id.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        request: &RequestId,
+        op: &WriteOp,
+    ) -> Result<Applied, StoreError> {
+        if index <= self.store.applied_index()? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        if let Some(first) = self.store.applied_request(request)? {
+            self.store.commit(Commit {
+                index,
+                request: None,
+                mutations: vec![],
+            })?;
+            return Ok(Applied::Duplicate(first));
+        }
+        let (outcome, mutations) = decide(&mut self.store, op)?;
+        self.store.commit(Commit {
+            index,
+            request: Some((request.clone(), outcome.clone())),
+            mutations,
+        })?;
+        Ok(Applied::Fresh(outcome))
+    }
+
+    /// Advances the applied index over a log entry that changes no data (an epoch marker, or an
+    /// entry of a deposed master).
+    pub fn skip(&mut self, index: u64) -> Result<(), StoreError> {
+        if index > self.store.applied_index()? {
+            self.store.commit(Commit {
+                index,
+                request: None,
+                mutations: vec![],
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn read(&mut self, op: &ReadOp) -> Result<ReadOutcome, StoreError> {
+        query(&mut self.store, op)
+    }
+}

@@ -1,0 +1,355 @@
+//! A `Store` on SQLite through diesel, with the schema as embedded migrations.
+//!
+//! One connection per store; the replica owning it is its only user. WAL with
+//! `synchronous=NORMAL`: a commit survives a process crash (the replicated log, not this file,
+//! is what makes a write durable across machines).
+
+use std::path::Path;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::area::Area;
+use crate::domain::{RideId, Timestamp, Username};
+use crate::error::StoreError;
+use crate::machine::{Commit, Dump, Mutation, Ride, Store, REQUEST_MEMORY};
+use crate::ops::{RequestId, WriteOutcome};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+mod schema {
+    diesel::table! {
+        users (seq) {
+            seq -> BigInt,
+            username -> Text,
+            password_hash -> Text,
+        }
+    }
+    diesel::table! {
+        rides (id) {
+            id -> BigInt,
+            created_by -> Text,
+            at -> BigInt,
+            source -> Integer,
+            destination -> Integer,
+        }
+    }
+    diesel::table! {
+        riders (seq) {
+            seq -> BigInt,
+            ride_id -> BigInt,
+            username -> Text,
+        }
+    }
+    diesel::table! {
+        meta (key) {
+            key -> Text,
+            value -> BigInt,
+        }
+    }
+    diesel::table! {
+        requests (request_id) {
+            request_id -> Text,
+            log_index -> BigInt,
+            outcome -> Text,
+        }
+    }
+}
+
+use schema::{meta, requests, riders, rides, users};
+
+fn db_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Sqlite(Box::new(e))
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit i64")))
+}
+
+fn to_u64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative value {value}")))
+}
+
+pub struct SqliteStore {
+    conn: SqliteConnection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let url = path
+            .to_str()
+            .ok_or_else(|| StoreError::Corrupt(format!("path {path:?} is not UTF-8")))?;
+        Self::connect(url)
+    }
+
+    /// A private in-memory database (for tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::connect(":memory:")
+    }
+
+    fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut conn = SqliteConnection::establish(url).map_err(db_err)?;
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(db_err)?;
+        conn.run_pending_migrations(MIGRATIONS)
+            .map_err(|e| StoreError::Sqlite(e))?;
+        Ok(SqliteStore { conn })
+    }
+
+    fn meta_value(&mut self, key: &str) -> Result<u64, StoreError> {
+        let value: i64 = meta::table
+            .filter(meta::key.eq(key))
+            .select(meta::value)
+            .first(&mut self.conn)
+            .map_err(db_err)?;
+        to_u64(value)
+    }
+}
+
+fn row_to_ride(row: (i64, String, i64, i32, i32)) -> Result<Ride, StoreError> {
+    let (id, created_by, at, source, destination) = row;
+    let area = |n: i32| {
+        u16::try_from(n)
+            .ok()
+            .and_then(|n| Area::new(n).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("bad area {n}")))
+    };
+    Ok(Ride {
+        id: RideId(to_u64(id)?),
+        created_by: Username::parse(&created_by).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        timestamp: Timestamp::from_seconds(at)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad time {at}")))?,
+        source: area(source)?,
+        destination: area(destination)?,
+    })
+}
+
+fn parse_user(name: String) -> Result<Username, StoreError> {
+    Username::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResult<()> {
+    match mutation {
+        Mutation::InsertUser {
+            username,
+            password_hash,
+        } => {
+            diesel::insert_into(users::table)
+                .values((
+                    users::username.eq(username.as_str()),
+                    users::password_hash.eq(password_hash),
+                ))
+                .execute(conn)?;
+        }
+        Mutation::DeleteUserCascade { username } => {
+            let name = username.as_str();
+            let own_rides: Vec<i64> = rides::table
+                .filter(rides::created_by.eq(name))
+                .select(rides::id)
+                .load(conn)?;
+            diesel::delete(riders::table.filter(riders::ride_id.eq_any(own_rides)))
+                .execute(conn)?;
+            diesel::delete(rides::table.filter(rides::created_by.eq(name))).execute(conn)?;
+            diesel::delete(riders::table.filter(riders::username.eq(name))).execute(conn)?;
+            diesel::delete(users::table.filter(users::username.eq(name))).execute(conn)?;
+        }
+        Mutation::InsertRide(ride) => {
+            diesel::insert_into(rides::table)
+                .values((
+                    rides::id.eq(i64::try_from(ride.id.0).unwrap_or(i64::MAX)),
+                    rides::created_by.eq(ride.created_by.as_str()),
+                    rides::at.eq(ride.timestamp.to_seconds()),
+                    rides::source.eq(i32::from(ride.source.number())),
+                    rides::destination.eq(i32::from(ride.destination.number())),
+                ))
+                .execute(conn)?;
+        }
+        Mutation::AddRider { ride_id, username } => {
+            diesel::insert_or_ignore_into(riders::table)
+                .values((
+                    riders::ride_id.eq(i64::try_from(ride_id.0).unwrap_or(i64::MAX)),
+                    riders::username.eq(username.as_str()),
+                ))
+                .execute(conn)?;
+        }
+        Mutation::DeleteRide { ride_id } => {
+            let id = i64::try_from(ride_id.0).unwrap_or(i64::MAX);
+            diesel::delete(riders::table.filter(riders::ride_id.eq(id))).execute(conn)?;
+            diesel::delete(rides::table.filter(rides::id.eq(id))).execute(conn)?;
+        }
+        Mutation::SetNextRideId(next) => {
+            diesel::update(meta::table.filter(meta::key.eq("next_ride_id")))
+                .set(meta::value.eq(i64::try_from(next).unwrap_or(i64::MAX)))
+                .execute(conn)?;
+        }
+        Mutation::DeleteAllRides => {
+            diesel::delete(riders::table).execute(conn)?;
+            diesel::delete(rides::table).execute(conn)?;
+        }
+        Mutation::DeleteAllUsers => {
+            diesel::delete(users::table).execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError> {
+        let found: Option<i64> = users::table
+            .filter(users::username.eq(username.as_str()))
+            .select(users::seq)
+            .first(&mut self.conn)
+            .optional()
+            .map_err(db_err)?;
+        Ok(found.is_some())
+    }
+
+    fn list_users(&mut self) -> Result<Vec<Username>, StoreError> {
+        let names: Vec<String> = users::table
+            .order(users::seq.asc())
+            .select(users::username)
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        names.into_iter().map(parse_user).collect()
+    }
+
+    fn ride(&mut self, id: RideId) -> Result<Option<Ride>, StoreError> {
+        let Ok(id) = i64::try_from(id.0) else {
+            return Ok(None);
+        };
+        let row: Option<(i64, String, i64, i32, i32)> = rides::table
+            .filter(rides::id.eq(id))
+            .first(&mut self.conn)
+            .optional()
+            .map_err(db_err)?;
+        row.map(row_to_ride).transpose()
+    }
+
+    fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError> {
+        let Ok(id) = i64::try_from(id.0) else {
+            return Ok(vec![]);
+        };
+        let names: Vec<String> = riders::table
+            .filter(riders::ride_id.eq(id))
+            .order(riders::seq.asc())
+            .select(riders::username)
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        names.into_iter().map(parse_user).collect()
+    }
+
+    fn upcoming(
+        &mut self,
+        source: Area,
+        destination: Area,
+        after: Timestamp,
+    ) -> Result<Vec<Ride>, StoreError> {
+        let rows: Vec<(i64, String, i64, i32, i32)> = rides::table
+            .filter(rides::source.eq(i32::from(source.number())))
+            .filter(rides::destination.eq(i32::from(destination.number())))
+            .filter(rides::at.gt(after.to_seconds()))
+            .order((rides::at.asc(), rides::id.asc()))
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        rows.into_iter().map(row_to_ride).collect()
+    }
+
+    fn ride_count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = rides::table
+            .count()
+            .get_result(&mut self.conn)
+            .map_err(db_err)?;
+        to_u64(n)
+    }
+
+    fn next_ride_id(&mut self) -> Result<u64, StoreError> {
+        self.meta_value("next_ride_id")
+    }
+
+    fn applied_request(&mut self, id: &RequestId) -> Result<Option<WriteOutcome>, StoreError> {
+        let text: Option<String> = requests::table
+            .filter(requests::request_id.eq(&id.0))
+            .select(requests::outcome)
+            .first(&mut self.conn)
+            .optional()
+            .map_err(db_err)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn applied_index(&mut self) -> Result<u64, StoreError> {
+        self.meta_value("applied_index")
+    }
+
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        let index = to_i64(commit.index)?;
+        let request = match commit.request {
+            Some((id, outcome)) => Some((
+                id.0,
+                serde_json::to_string(&outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let horizon = to_i64(commit.index.saturating_sub(REQUEST_MEMORY))?;
+        self.conn
+            .immediate_transaction(|conn| {
+                for mutation in commit.mutations {
+                    apply_mutation(conn, mutation)?;
+                }
+                if let Some((id, outcome)) = request {
+                    diesel::insert_or_ignore_into(requests::table)
+                        .values((
+                            requests::request_id.eq(id),
+                            requests::log_index.eq(index),
+                            requests::outcome.eq(outcome),
+                        ))
+                        .execute(conn)?;
+                }
+                diesel::delete(requests::table.filter(requests::log_index.le(horizon)))
+                    .execute(conn)?;
+                diesel::update(meta::table.filter(meta::key.eq("applied_index")))
+                    .set(meta::value.eq(index))
+                    .execute(conn)?;
+                Ok::<_, diesel::result::Error>(())
+            })
+            .map_err(db_err)
+    }
+
+    fn dump(&mut self) -> Result<Dump, StoreError> {
+        let user_rows: Vec<(String, String)> = users::table
+            .order(users::seq.asc())
+            .select((users::username, users::password_hash))
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        let users = user_rows
+            .into_iter()
+            .map(|(u, h)| Ok((parse_user(u)?, h)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let ride_rows: Vec<(i64, String, i64, i32, i32)> = rides::table
+            .order(rides::id.asc())
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        let mut rides_out = Vec::with_capacity(ride_rows.len());
+        for row in ride_rows {
+            let ride = row_to_ride(row)?;
+            let joined = self.riders(ride.id)?;
+            rides_out.push((ride, joined));
+        }
+        Ok(Dump {
+            users,
+            rides: rides_out,
+            next_ride_id: self.next_ride_id()?,
+        })
+    }
+}
