@@ -1,0 +1,75 @@
+//! Store throughput: how many writes per second the state machine applies on each store, and how
+//! many reads it answers. Prints figures; run with `cargo bench --bench store`.
+//!
+//! Each figure is the best of three runs of `OPS` operations, so a busy neighbour on the
+//! machine shows up as spread, not as a slower best.
+
+use std::time::Instant;
+
+use rideshare_core::machine::{StateMachine, Store};
+use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+use rideshare_core::store::{MemStore, SqliteStore};
+use rideshare_core::{Area, RideId, Timestamp, Username};
+
+const OPS: u64 = 20_000;
+
+fn workload(i: u64) -> WriteOp {
+    let user = Username::parse(&format!("user{}", i % 1000)).unwrap_or_else(|_| unreachable!());
+    match i % 4 {
+        0 => WriteOp::AddUser {
+            username: user,
+            password_hash: "$argon2id$bench".into(),
+        },
+        1 | 2 => WriteOp::CreateRide {
+            created_by: user,
+            timestamp: Timestamp::from_seconds(1_893_456_000 + (i as i64 % 86_400))
+                .unwrap_or_else(|| unreachable!()),
+            source: Area::new((i % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
+            destination: Area::new(((i + 7) % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
+        },
+        _ => WriteOp::JoinRide {
+            ride_id: RideId(i / 2),
+            username: user,
+        },
+    }
+}
+
+fn bench<S: Store>(name: &str, mut make: impl FnMut() -> S) {
+    let mut best_write = f64::MAX;
+    let mut best_read = f64::MAX;
+    for _ in 0..3 {
+        let mut m = StateMachine::new(make());
+        let start = Instant::now();
+        for i in 1..=OPS {
+            m.apply(i, &RequestId(i.to_string()), &workload(i))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        best_write = best_write.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for i in 1..=OPS / 10 {
+            m.read(&ReadOp::GetRide { ride_id: RideId(i) })
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        best_read = best_read.min(start.elapsed().as_secs_f64() * 10.0);
+    }
+    println!(
+        "{name:<24} apply {:>9.0} writes/s   get_ride {:>9.0} reads/s",
+        OPS as f64 / best_write,
+        OPS as f64 / best_read
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs this with `--bench` absent: keep it quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("store bench: pass --bench (cargo bench) to measure");
+        return;
+    }
+    bench("memory", MemStore::new);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut n = 0;
+    bench("sqlite (file, WAL)", || {
+        n += 1;
+        SqliteStore::open(&dir.path().join(format!("bench{n}.db"))).unwrap_or_else(|e| panic!("{e}"))
+    });
+}

@@ -1,0 +1,170 @@
+//! Random operation sequences give identical results on the in-memory and the SQLite store:
+//! the in-memory store is the reference the SQLite one is held to.
+
+use proptest::prelude::*;
+use rideshare_core::machine::{Applied, StateMachine, Store};
+use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+use rideshare_core::store::{MemStore, SqliteStore};
+use rideshare_core::{Area, RideId, Timestamp, Username};
+
+fn user() -> impl Strategy<Value = Username> {
+    prop::sample::select(vec!["ann", "bob", "Bob", "cy", "dee"])
+        .prop_map(|u| Username::parse(u).unwrap())
+}
+
+fn area() -> impl Strategy<Value = Area> {
+    (1u16..=4).prop_map(|n| Area::new(n).unwrap())
+}
+
+fn time() -> impl Strategy<Value = Timestamp> {
+    // A few days around 2030-01-01, so some rides are upcoming and some are not.
+    (0i64..5 * 86_400).prop_map(|s| Timestamp::from_seconds(1_893_456_000 + s).unwrap())
+}
+
+fn ride_id() -> impl Strategy<Value = RideId> {
+    (0u64..12).prop_map(RideId)
+}
+
+fn write_op() -> impl Strategy<Value = WriteOp> {
+    prop_oneof![
+        4 => user().prop_map(|username| WriteOp::AddUser { username, password_hash: "h".into() }),
+        1 => user().prop_map(|username| WriteOp::DeleteUser { username }),
+        4 => (user(), time(), area(), area()).prop_map(|(created_by, timestamp, source, destination)| {
+            WriteOp::CreateRide { created_by, timestamp, source, destination }
+        }),
+        3 => (ride_id(), user()).prop_map(|(ride_id, username)| WriteOp::JoinRide { ride_id, username }),
+        1 => ride_id().prop_map(|ride_id| WriteOp::DeleteRide { ride_id }),
+        1 => Just(WriteOp::ClearRides),
+        1 => Just(WriteOp::ClearUsers),
+        1 => Just(WriteOp::ClearAll),
+    ]
+}
+
+fn read_op() -> impl Strategy<Value = ReadOp> {
+    prop_oneof![
+        Just(ReadOp::ListUsers),
+        (area(), area(), time()).prop_map(|(source, destination, after)| ReadOp::UpcomingRides {
+            source,
+            destination,
+            after
+        }),
+        ride_id().prop_map(|ride_id| ReadOp::GetRide { ride_id }),
+        Just(ReadOp::CountRides),
+        Just(ReadOp::Checksum),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write(WriteOp),
+    /// Re-applies the write of an earlier step under the same request id (a redelivery).
+    Redeliver(usize),
+    Read(ReadOp),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => write_op().prop_map(Step::Write),
+        1 => (0usize..64).prop_map(Step::Redeliver),
+        3 => read_op().prop_map(Step::Read),
+    ]
+}
+
+fn run<S: Store>(store: S, steps: &[Step]) -> (Vec<String>, u64) {
+    let mut machine = StateMachine::new(store);
+    let mut answers = Vec::new();
+    let mut writes: Vec<(RequestId, WriteOp)> = Vec::new();
+    let mut index = 0;
+    for step in steps {
+        match step {
+            Step::Write(op) => {
+                index += 1;
+                let id = RequestId(format!("r{index}"));
+                let applied = machine.apply(index, &id, op).unwrap();
+                assert!(matches!(applied, Applied::Fresh(_)));
+                answers.push(format!("{applied:?}"));
+                writes.push((id, op.clone()));
+            }
+            Step::Redeliver(k) if !writes.is_empty() => {
+                let (id, op) = writes[k % writes.len()].clone();
+                index += 1;
+                let applied = machine.apply(index, &id, &op).unwrap();
+                assert!(matches!(applied, Applied::Duplicate(_)), "redelivery applied twice");
+                answers.push(format!("{applied:?}"));
+            }
+            Step::Redeliver(_) => {}
+            Step::Read(op) => answers.push(format!("{:?}", machine.read(op).unwrap())),
+        }
+    }
+    // Re-applying an old index is a no-op on both.
+    if index > 0 {
+        assert_eq!(
+            machine
+                .apply(index, &RequestId("late".into()), &WriteOp::ClearAll)
+                .unwrap(),
+            Applied::AlreadyApplied
+        );
+    }
+    let checksum = machine.store().dump().unwrap().checksum();
+    (answers, checksum)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn memory_and_sqlite_stores_give_identical_results(steps in prop::collection::vec(step(), 1..60)) {
+        let (mem_answers, mem_sum) = run(MemStore::new(), &steps);
+        let (sql_answers, sql_sum) = run(SqliteStore::in_memory().unwrap(), &steps);
+        prop_assert_eq!(mem_answers, sql_answers);
+        prop_assert_eq!(mem_sum, sql_sum);
+    }
+}
+
+#[test]
+fn sqlite_store_keeps_its_data_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let alice = Username::parse("alice").unwrap();
+    {
+        let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
+        m.apply(1, &RequestId("a".into()), &WriteOp::AddUser { username: alice.clone(), password_hash: "h".into() })
+            .unwrap();
+    }
+    let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
+    assert_eq!(m.applied_index().unwrap(), 1);
+    assert!(m.store().user_exists(&alice).unwrap());
+    // The request id is remembered across the reopen too.
+    let again = m
+        .apply(2, &RequestId("a".into()), &WriteOp::AddUser { username: alice, password_hash: "h".into() })
+        .unwrap();
+    assert!(matches!(again, Applied::Duplicate(_)));
+}
+
+#[test]
+fn ride_ids_are_never_reused_after_delete_or_clear() {
+    fn ids<S: Store>(store: S) -> Vec<u64> {
+        let mut m = StateMachine::new(store);
+        let u = Username::parse("u").unwrap();
+        let t = Timestamp::parse("01-01-2030:00-00-00").unwrap();
+        let a = Area::new(1).unwrap();
+        let mut out = vec![];
+        let mut i = 0;
+        let mut step = |m: &mut StateMachine<S>, op: WriteOp| {
+            i += 1;
+            m.apply(i, &RequestId(format!("{i}")), &op).unwrap()
+        };
+        let create = WriteOp::CreateRide { created_by: u.clone(), timestamp: t, source: a, destination: a };
+        step(&mut m, WriteOp::AddUser { username: u.clone(), password_hash: "h".into() });
+        for clear in [WriteOp::DeleteRide { ride_id: RideId(1) }, WriteOp::ClearRides, WriteOp::ClearAll] {
+            if let Applied::Fresh(rideshare_core::ops::WriteOutcome::RideCreated { ride_id }) = step(&mut m, create.clone()) {
+                out.push(ride_id.0);
+            }
+            step(&mut m, clear);
+            step(&mut m, WriteOp::AddUser { username: u.clone(), password_hash: "h".into() });
+        }
+        out
+    }
+    assert_eq!(ids(MemStore::new()), vec![1, 2, 3]);
+    assert_eq!(ids(SqliteStore::in_memory().unwrap()), vec![1, 2, 3]);
+}

@@ -1,0 +1,92 @@
+//! `Broker`: named work queues with competing consumers.
+//!
+//! To ensure correctness a `Broker` must:
+//! - deliver each published message to at most one consumer at a time (competing consumers,
+//!   round robin among those with prefetch room);
+//! - keep a delivered message until it is acked; when its consumer goes away (dropped, its
+//!   connection lost) requeue it, so it is delivered again (at least once);
+//! - never deliver more than `prefetch` unacked messages to one consumer;
+//! - return from `publish` only once the broker has taken the message (publisher confirm);
+//! - carry `correlation_id` and `reply_to` unchanged.
+//!
+//! Request/response by correlation id is built on these in [`crate::rpc`].
+
+pub mod mem;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// A message and the two AMQP properties the protocol uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub body: Bytes,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+}
+
+impl Message {
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message {
+            body: body.into(),
+            correlation_id: None,
+            reply_to: None,
+        }
+    }
+}
+
+/// Settles one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(&self) -> Result<()>;
+    /// Gives the message back; `requeue` puts it back in its queue.
+    async fn nack(&self, requeue: bool) -> Result<()>;
+}
+
+/// A message taken from a queue, to be acked (or nacked) exactly once.
+pub struct Delivery {
+    pub message: Message,
+    /// True when this message was delivered before (to a consumer that went away).
+    pub redelivered: bool,
+    pub acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub async fn ack(&self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    pub async fn nack(&self, requeue: bool) -> Result<()> {
+        self.acker.nack(requeue).await
+    }
+}
+
+/// A subscription to one queue. Dropping it requeues what it holds unacked.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; `None` once the consumer is closed (broker gone, queue deleted).
+    async fn next(&mut self) -> Option<Result<Delivery>>;
+}
+
+/// Queues on a message broker.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Declares a durable queue (idempotent).
+    async fn declare(&self, queue: &str) -> Result<()>;
+    /// Declares a queue that lives as long as its declaring connection (for replies).
+    async fn declare_exclusive(&self, queue: &str) -> Result<()>;
+    /// Publishes to a queue; returns once the broker confirmed it.
+    async fn publish(&self, queue: &str, message: Message) -> Result<()>;
+    /// Starts consuming, with at most `prefetch` unacked deliveries at a time.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
+}

@@ -1,0 +1,6 @@
+//! The `rideshare` binary's library: command-line configuration, process wiring and (as the
+//! distributed mode grows) the adapters to the real engines. `main.rs` only parses and calls in.
+
+pub mod cli;
+pub mod serve;
+pub mod up;
