@@ -351,3 +351,45 @@ impl<S: Store> StateMachine<S> {
         query(&mut self.store, op)
     }
 }
+
+/// A boxed store is a store, so replicas can choose theirs at run time.
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError> {
+        (**self).user_exists(username)
+    }
+    fn list_users(&mut self) -> Result<Vec<Username>, StoreError> {
+        (**self).list_users()
+    }
+    fn ride(&mut self, id: RideId) -> Result<Option<Ride>, StoreError> {
+        (**self).ride(id)
+    }
+    fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError> {
+        (**self).riders(id)
+    }
+    fn upcoming(
+        &mut self,
+        source: Area,
+        destination: Area,
+        after: Timestamp,
+    ) -> Result<Vec<Ride>, StoreError> {
+        (**self).upcoming(source, destination, after)
+    }
+    fn ride_count(&mut self) -> Result<u64, StoreError> {
+        (**self).ride_count()
+    }
+    fn next_ride_id(&mut self) -> Result<u64, StoreError> {
+        (**self).next_ride_id()
+    }
+    fn applied_request(&mut self, id: &RequestId) -> Result<Option<WriteOutcome>, StoreError> {
+        (**self).applied_request(id)
+    }
+    fn applied_index(&mut self) -> Result<u64, StoreError> {
+        (**self).applied_index()
+    }
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        (**self).commit(commit)
+    }
+    fn dump(&mut self) -> Result<Dump, StoreError> {
+        (**self).dump()
+    }
+}

@@ -89,7 +89,10 @@ fn run<S: Store>(store: S, steps: &[Step]) -> (Vec<String>, u64) {
                 let (id, op) = writes[k % writes.len()].clone();
                 index += 1;
                 let applied = machine.apply(index, &id, &op).unwrap();
-                assert!(matches!(applied, Applied::Duplicate(_)), "redelivery applied twice");
+                assert!(
+                    matches!(applied, Applied::Duplicate(_)),
+                    "redelivery applied twice"
+                );
                 answers.push(format!("{applied:?}"));
             }
             Step::Redeliver(_) => {}
@@ -128,15 +131,29 @@ fn sqlite_store_keeps_its_data_across_reopen() {
     let alice = Username::parse("alice").unwrap();
     {
         let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
-        m.apply(1, &RequestId("a".into()), &WriteOp::AddUser { username: alice.clone(), password_hash: "h".into() })
-            .unwrap();
+        m.apply(
+            1,
+            &RequestId("a".into()),
+            &WriteOp::AddUser {
+                username: alice.clone(),
+                password_hash: "h".into(),
+            },
+        )
+        .unwrap();
     }
     let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
     assert_eq!(m.applied_index().unwrap(), 1);
     assert!(m.store().user_exists(&alice).unwrap());
     // The request id is remembered across the reopen too.
     let again = m
-        .apply(2, &RequestId("a".into()), &WriteOp::AddUser { username: alice, password_hash: "h".into() })
+        .apply(
+            2,
+            &RequestId("a".into()),
+            &WriteOp::AddUser {
+                username: alice,
+                password_hash: "h".into(),
+            },
+        )
         .unwrap();
     assert!(matches!(again, Applied::Duplicate(_)));
 }
@@ -154,14 +171,37 @@ fn ride_ids_are_never_reused_after_delete_or_clear() {
             i += 1;
             m.apply(i, &RequestId(format!("{i}")), &op).unwrap()
         };
-        let create = WriteOp::CreateRide { created_by: u.clone(), timestamp: t, source: a, destination: a };
-        step(&mut m, WriteOp::AddUser { username: u.clone(), password_hash: "h".into() });
-        for clear in [WriteOp::DeleteRide { ride_id: RideId(1) }, WriteOp::ClearRides, WriteOp::ClearAll] {
-            if let Applied::Fresh(rideshare_core::ops::WriteOutcome::RideCreated { ride_id }) = step(&mut m, create.clone()) {
+        let create = WriteOp::CreateRide {
+            created_by: u.clone(),
+            timestamp: t,
+            source: a,
+            destination: a,
+        };
+        step(
+            &mut m,
+            WriteOp::AddUser {
+                username: u.clone(),
+                password_hash: "h".into(),
+            },
+        );
+        for clear in [
+            WriteOp::DeleteRide { ride_id: RideId(1) },
+            WriteOp::ClearRides,
+            WriteOp::ClearAll,
+        ] {
+            if let Applied::Fresh(rideshare_core::ops::WriteOutcome::RideCreated { ride_id }) =
+                step(&mut m, create.clone())
+            {
                 out.push(ride_id.0);
             }
             step(&mut m, clear);
-            step(&mut m, WriteOp::AddUser { username: u.clone(), password_hash: "h".into() });
+            step(
+                &mut m,
+                WriteOp::AddUser {
+                    username: u.clone(),
+                    password_hash: "h".into(),
+                },
+            );
         }
         out
     }

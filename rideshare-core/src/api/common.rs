@@ -151,10 +151,16 @@ pub async fn count_request(
 }
 
 /// Wraps the service's own API routes so each request to them is counted, and adds the
-/// uncounted `_count` routes.
+/// uncounted `_count` routes, all with the limits applied.
+///
+/// The limits go inside the counter: a request refused for its size (413) was still received on
+/// a counted path, and must count the same whether or not it announced its length. The caller
+/// applies the limits to its other, uncounted routes itself (not on top of this router, where
+/// the body limit would refuse announced bodies before they are counted).
 pub fn with_counter<S: Clone + Send + Sync + 'static>(
     counted: Router<S>,
     counter: Arc<RequestCounter>,
+    limits: &ServiceLimits,
 ) -> Router<S> {
     let count_routes = Router::new().route(
         "/api/v1/_count",
@@ -170,9 +176,10 @@ pub fn with_counter<S: Clone + Send + Sync + 'static>(
             }
         }),
     );
-    counted
+    limits
+        .apply(counted)
         .route_layer(axum::middleware::from_fn_with_state(counter, count_request))
-        .merge(count_routes)
+        .merge(limits.apply(count_routes))
 }
 
 /// Unknown paths: 404 with a JSON body.

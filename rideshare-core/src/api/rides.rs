@@ -70,12 +70,13 @@ pub fn rides_router<D: Db>(
                 .post(join_ride::<D>)
                 .delete(delete_ride::<D>),
         );
-    let router = with_counter(counted, Arc::new(RequestCounter::default()))
+    let uncounted = Router::new()
         .route("/api/v1/db/clear", post(clear::<D>))
         .merge(health_route())
-        .fallback(not_found)
-        .with_state(state);
-    limits.apply(router)
+        .fallback(not_found);
+    with_counter(counted, Arc::new(RequestCounter::default()), &limits)
+        .merge(limits.apply(uncounted))
+        .with_state(state)
 }
 
 impl<D: Db> RidesState<D> {

@@ -71,12 +71,13 @@ pub fn users_router<D: Db>(db: D, hashing: PasswordHashing, limits: ServiceLimit
     let counted = Router::new()
         .route("/api/v1/users", put(add_user::<D>).get(list_users::<D>))
         .route("/api/v1/users/{username}", delete(delete_user::<D>));
-    let router = with_counter(counted, Arc::new(RequestCounter::default()))
+    let uncounted = Router::new()
         .route("/api/v1/db/clear", post(clear::<D>))
         .merge(health_route())
-        .fallback(not_found)
-        .with_state(state);
-    limits.apply(router)
+        .fallback(not_found);
+    with_counter(counted, Arc::new(RequestCounter::default()), &limits)
+        .merge(limits.apply(uncounted))
+        .with_state(state)
 }
 
 async fn add_user<D: Db>(

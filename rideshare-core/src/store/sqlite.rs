@@ -103,7 +103,7 @@ impl SqliteStore {
         )
         .map_err(db_err)?;
         conn.run_pending_migrations(MIGRATIONS)
-            .map_err(|e| StoreError::Sqlite(e))?;
+            .map_err(StoreError::Sqlite)?;
         Ok(SqliteStore { conn })
     }
 
