@@ -513,6 +513,12 @@ async fn every_users_route_answers_unsupported_methods_with_405() {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path}"
             );
+            if method != Method::HEAD {
+                assert!(
+                    reply.json()["error"].is_string(),
+                    "{method} {path}: 405 without a JSON error body"
+                );
+            }
         }
     }
 }
