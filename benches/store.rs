@@ -70,6 +70,7 @@ fn main() {
     let mut n = 0;
     bench("sqlite (file, WAL)", || {
         n += 1;
-        SqliteStore::open(&dir.path().join(format!("bench{n}.db"))).unwrap_or_else(|e| panic!("{e}"))
+        SqliteStore::open(&dir.path().join(format!("bench{n}.db")))
+            .unwrap_or_else(|e| panic!("{e}"))
     });
 }

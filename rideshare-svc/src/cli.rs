@@ -17,7 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole system in one process (gateway, users, rides) with nothing installed.
+    /// Run the whole system in one process (gateway, users, rides, orchestrator, workers) with
+    /// nothing installed; data lives in --data-dir and survives restarts.
     Up(UpArgs),
 }
 
@@ -49,6 +50,25 @@ pub struct UpArgs {
     /// Address of the rides service.
     #[arg(long, env = "RIDESHARE_RIDES", default_value = "127.0.0.1:8082")]
     pub rides: SocketAddr,
+    /// Address of the DBaaS orchestrator.
+    #[arg(long, env = "RIDESHARE_ORCHESTRATOR", default_value = "127.0.0.1:8083")]
+    pub orchestrator: SocketAddr,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// How the orchestrator scales read replicas.
+#[derive(Debug, Clone, Args)]
+pub struct ScalingArgs {
+    /// Length of a scaling window (e.g. `2m`, `5s`); the first read starts the timer.
+    #[arg(long, env = "RIDESHARE_SCALE_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub scale_interval: Duration,
+    /// Reads per window one slave serves: slaves = max(1, ceil(reads / this)).
+    #[arg(long, env = "RIDESHARE_READS_PER_SLAVE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reads_per_slave: u64,
+    /// Upper bound on slaves, whatever the load.
+    #[arg(long, env = "RIDESHARE_MAX_SLAVES", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_slaves: u64,
 }

@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
     match cli.command {
-        Command::Up(args) => rideshare_svc::up::run(args, rideshare_svc::serve::shutdown_signal()).await,
+        Command::Up(args) => {
+            rideshare_svc::up::run(args, rideshare_svc::serve::shutdown_signal()).await
+        }
     }
 }

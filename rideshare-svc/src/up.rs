@@ -1,4 +1,8 @@
 //! `rideshare up`: the whole system in one process on embedded engines, nothing installed.
+//!
+//! Gateway, users, rides and the orchestrator serve HTTP; the DBaaS runs on the in-memory broker
+//! and coordinator, a log file in the data directory and task workers, each worker with its own
+//! SQLite file. The log file is the database: on restart every worker replays it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,24 +14,26 @@ use rideshare_core::api::{
     ServiceLimits,
 };
 use rideshare_core::clock::SystemClock;
-use rideshare_core::db::LocalDb;
-use rideshare_core::store::SqliteStore;
+use rideshare_dbaas::client::OrchestratorDb;
+use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
+use rideshare_dbaas::log::file::FileLog;
+use rideshare_dbaas::orchestrator::http::orchestrator_router;
+use rideshare_dbaas::orchestrator::OrchestratorConfig;
+use rideshare_dbaas::policy::ScalePolicy;
 use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::serve::{bind, run_until, spawn_server};
 
-/// Bound on one internal HTTP hop (gateway → service, rides → users check).
+/// Bound on one internal HTTP hop (gateway → service, rides → users, service → orchestrator).
 const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let db_path = args.data_dir.join("rideshare.db");
-    let store = SqliteStore::open(&db_path)
-        .with_context(|| format!("cannot open database {}", db_path.display()))?;
-    let db = LocalDb::new(store);
-    tracing::info!("data in {}", db_path.display());
+    let log_path = args.data_dir.join("rideshare.log");
+    let log = FileLog::open(&log_path).with_context(|| format!("cannot open the write log {}", log_path.display()))?;
+    tracing::info!("write log in {}", log_path.display());
 
     let limits = ServiceLimits {
         max_body_bytes: args.http.max_body_bytes,
@@ -37,16 +43,37 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let gateway_listener = bind("gateway", args.gateway).await?;
     let users_listener = bind("users", args.users).await?;
     let rides_listener = bind("rides", args.rides).await?;
+    let orchestrator_listener = bind("orchestrator", args.orchestrator).await?;
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let users_url = format!("http://{}", users_listener.local_addr()?);
     let rides_url = format!("http://{}", rides_listener.local_addr()?);
+    let orchestrator_url = format!("http://{}", orchestrator_listener.local_addr()?);
 
+    let cluster = EmbeddedCluster::start(
+        Arc::new(log),
+        EmbeddedConfig {
+            stores: WorkerStores::SqliteDir(args.data_dir.join("workers")),
+            orchestrator: OrchestratorConfig {
+                scale_window: args.scaling.scale_interval,
+                policy: ScalePolicy {
+                    reads_per_slave: args.scaling.reads_per_slave,
+                    max_slaves: args.scaling.max_slaves,
+                },
+                ..OrchestratorConfig::default()
+            },
+            ..EmbeddedConfig::default()
+        },
+    )
+    .await
+    .context("cannot start the database service")?;
+
+    let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT);
     let users = users_router(db.clone(), PasswordHashing::default(), limits);
     let rides = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
         RidesConfig {
-            gateway_url: gateway_url.clone(),
+            gateway_url,
             origin: rides_url.clone(),
             users_timeout: HOP_TIMEOUT,
         },
@@ -60,14 +87,18 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         },
         limits,
     );
+    let orchestrator = orchestrator_router(Arc::clone(cluster.orchestrator()), limits);
 
     let (stop, stopped) = watch::channel(false);
     let servers = vec![
         spawn_server("gateway", gateway_listener, gateway, stopped.clone()),
         spawn_server("users", users_listener, users, stopped.clone()),
-        spawn_server("rides", rides_listener, rides, stopped),
+        spawn_server("rides", rides_listener, rides, stopped.clone()),
+        spawn_server("orchestrator", orchestrator_listener, orchestrator, stopped),
     ];
-    run_until(shutdown, stop, servers).await?;
+    let result = run_until(shutdown, stop, servers).await;
+    cluster.shutdown();
+    result?;
     tracing::info!("stopped");
     Ok(())
 }

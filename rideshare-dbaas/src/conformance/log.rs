@@ -1,0 +1,245 @@
+//! The [`Log`] conformance suite: one case per "must" of the trait's contract.
+//!
+//! The factory must return an empty log (the real adapter: a fresh stream) for each case.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+
+use super::{check, check_eq, ok, run_suite, within, Case, CaseResult, Report};
+use crate::log::{Log, LogReader, Record};
+
+/// Runs every log case, each on a fresh, empty log from `make`.
+pub async fn log_suite<L, F, Fut>(make: F) -> Report
+where
+    L: Log,
+    F: Fn() -> Fut,
+    Fut: Future<Output = L>,
+{
+    let cases: Vec<Case<L>> = vec![
+        ("read_from_one_yields_every_entry_in_order", |l| {
+            read_from_one_yields_every_entry_in_order(l).boxed()
+        }),
+        ("read_from_k_starts_at_k", |l| read_from_k_starts_at_k(l).boxed()),
+        ("reader_waiting_at_the_tail_gets_a_later_append", |l| {
+            reader_waiting_at_the_tail_gets_a_later_append(l).boxed()
+        }),
+        ("end_is_the_last_index", |l| end_is_the_last_index(l).boxed()),
+        ("concurrent_appends_each_appear_exactly_once", |l| {
+            concurrent_appends_each_appear_exactly_once(l).boxed()
+        }),
+        ("pipelined_appends_keep_call_order", |l| {
+            pipelined_appends_keep_call_order(l).boxed()
+        }),
+        ("readers_following_the_tail_see_one_order_without_gaps", |l| {
+            readers_following_the_tail_see_one_order_without_gaps(l).boxed()
+        }),
+    ];
+    run_suite("log", make, cases).await
+}
+
+fn entry(text: impl Into<String>) -> Bytes {
+    Bytes::from(text.into())
+}
+
+async fn append(log: &impl Log, text: impl Into<String>) -> CaseResult {
+    let text = text.into();
+    ok(format!("append {text:?}"), log.append(entry(text.clone())).await)
+}
+
+async fn reader(log: &impl Log, from: u64) -> Result<Box<dyn LogReader>, String> {
+    ok(format!("read_from({from})"), log.read_from(from).await)
+}
+
+/// The next record, within the wait limit.
+async fn next(reader: &mut Box<dyn LogReader>, what: &str) -> Result<Record, String> {
+    match within(what, reader.next()).await? {
+        Some(Ok(record)) => Ok(record),
+        Some(Err(e)) => Err(format!("{what}: unexpected error: {e}")),
+        None => Err(format!("{what}: log closed")),
+    }
+}
+
+async fn read_from_one_yields_every_entry_in_order<L: Log>(log: L) -> CaseResult {
+    for i in 1..=5 {
+        append(&log, format!("e{i}")).await?;
+    }
+    let mut r = reader(&log, 1).await?;
+    for i in 1..=5u64 {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(
+            record,
+            Record {
+                index: i,
+                data: entry(format!("e{i}"))
+            },
+            "record {i}"
+        );
+    }
+    Ok(())
+}
+
+async fn read_from_k_starts_at_k<L: Log>(log: L) -> CaseResult {
+    for i in 1..=5 {
+        append(&log, format!("e{i}")).await?;
+    }
+    let mut r = reader(&log, 3).await?;
+    for i in 3..=5u64 {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(record.index, i, "index read from 3");
+        check_eq!(record.data, entry(format!("e{i}")), "data of entry {i}");
+    }
+    Ok(())
+}
+
+async fn reader_waiting_at_the_tail_gets_a_later_append<L: Log>(log: L) -> CaseResult {
+    append(&log, "e1").await?;
+    append(&log, "e2").await?;
+    let mut r = reader(&log, 1).await?;
+    next(&mut r, "entry 1").await?;
+    next(&mut r, "entry 2").await?;
+    let waiting = tokio::spawn(async move {
+        let record = next(&mut r, "entry 3, appended while waiting").await;
+        (r, record)
+    });
+    // Let the reader reach the tail and wait there before the append.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    check!(!waiting.is_finished(), "reader returned before entry 3 was appended");
+    append(&log, "e3").await?;
+    let (mut r, record) = waiting.await.map_err(|e| format!("reader task: {e}"))?;
+    let record = record?;
+    check_eq!(
+        record,
+        Record {
+            index: 3,
+            data: entry("e3")
+        },
+        "entry appended while the reader waited"
+    );
+    append(&log, "e4").await?;
+    let record = next(&mut r, "entry 4").await?;
+    check_eq!(record.index, 4, "index after the tail moved again");
+    Ok(())
+}
+
+async fn end_is_the_last_index<L: Log>(log: L) -> CaseResult {
+    check_eq!(ok("end of an empty log", log.end().await)?, 0, "end of an empty log");
+    for i in 1..=3u64 {
+        append(&log, format!("e{i}")).await?;
+        check_eq!(ok("end", log.end().await)?, i, "end after {i} appends");
+    }
+    Ok(())
+}
+
+async fn concurrent_appends_each_appear_exactly_once<L: Log>(log: L) -> CaseResult {
+    const COUNT: u64 = 100;
+    let log = Arc::new(log);
+    let tasks: Vec<_> = (0..COUNT)
+        .map(|i| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append(entry(format!("c{i}"))).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = within(format!("append c{i}"), task)
+            .await?
+            .map_err(|e| format!("append task c{i}: {e}"))?;
+        ok(format!("append c{i}"), result)?;
+    }
+    check_eq!(ok("end", log.end().await)?, COUNT, "end after {COUNT} appends");
+    let mut r = reader(&*log, 1).await?;
+    let mut seen = vec![false; COUNT as usize];
+    for index in 1..=COUNT {
+        let record = next(&mut r, &format!("entry {index}")).await?;
+        check_eq!(record.index, index, "index");
+        let text = String::from_utf8_lossy(&record.data).into_owned();
+        let i: usize = text
+            .strip_prefix('c')
+            .and_then(|n| n.parse().ok())
+            .filter(|&i: &usize| i < COUNT as usize)
+            .ok_or_else(|| format!("entry {index} holds {text:?}, never appended"))?;
+        check!(!seen[i], "{text:?} appears twice");
+        seen[i] = true;
+    }
+    Ok(())
+}
+
+async fn pipelined_appends_keep_call_order<L: Log>(log: L) -> CaseResult {
+    const COUNT: u64 = 50;
+    // Created in order, then awaited together: the appends overlap in flight.
+    let appends: Vec<_> = (1..=COUNT).map(|i| log.append(entry(format!("p{i}")))).collect();
+    for (i, result) in within("pipelined appends", futures::future::join_all(appends))
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        ok(format!("append p{}", i + 1), result)?;
+    }
+    let mut r = reader(&log, 1).await?;
+    for i in 1..=COUNT {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(record.data, entry(format!("p{i}")), "entry {i} of a pipelined run");
+    }
+    Ok(())
+}
+
+async fn readers_following_the_tail_see_one_order_without_gaps<L: Log>(log: L) -> CaseResult {
+    const WRITERS: u64 = 3;
+    const EACH: u64 = 20;
+    const TOTAL: u64 = WRITERS * EACH;
+    let log = Arc::new(log);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut r = reader(&*log, 1).await?;
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for index in 1..=TOTAL {
+                let record = next(&mut r, &format!("entry {index}")).await?;
+                check_eq!(record.index, index, "index while following the tail");
+                got.push(record.data);
+            }
+            Ok::<_, String>(got)
+        }));
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    // Each append is awaited before the next: this writer's order must hold.
+                    log.append(entry(format!("w{w}-{i:02}")))
+                        .await
+                        .map_err(|e| format!("append w{w}-{i:02}: {e}"))?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        within("writer", writer)
+            .await?
+            .map_err(|e| format!("writer task: {e}"))??;
+    }
+    let mut orders = Vec::new();
+    for r in readers {
+        orders.push(
+            within("reader", r)
+                .await?
+                .map_err(|e| format!("reader task: {e}"))??,
+        );
+    }
+    check!(orders[0] == orders[1], "two readers saw different orders");
+    for w in 0..WRITERS {
+        let prefix = format!("w{w}-");
+        let mine: Vec<&Bytes> = orders[0].iter().filter(|d| d.starts_with(prefix.as_bytes())).collect();
+        let want: Vec<Bytes> = (0..EACH).map(|i| entry(format!("w{w}-{i:02}"))).collect();
+        check!(
+            mine.len() == want.len() && mine.iter().zip(&want).all(|(a, b)| *a == b),
+            "writer {w}'s entries out of order or missing: {mine:?}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Decisions as pure functions: who is master, how many slaves, what to start and stop.
+//! The async drivers (worker, orchestrator) only gather inputs and carry out the result.
+
+/// A live worker as the coordinator shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub pid: u32,
+}
+
+/// The contract's election: the current master stays while it lives; when it is gone, the live
+/// worker with the lowest pid (ties broken by id) becomes master.
+pub fn elect<'a>(members: &'a [Member], current_master: Option<&str>) -> Option<&'a Member> {
+    if let Some(current) = current_master {
+        if let Some(m) = members.iter().find(|m| m.id == current) {
+            return Some(m);
+        }
+    }
+    members.iter().min_by(|a, b| (a.pid, &a.id).cmp(&(b.pid, &b.id)))
+}
+
+/// How read load maps to slaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScalePolicy {
+    /// Reads per window one slave is meant for (the contract's 20).
+    pub reads_per_slave: u64,
+    /// Upper bound on slaves, whatever the load.
+    pub max_slaves: u64,
+}
+
+impl Default for ScalePolicy {
+    fn default() -> Self {
+        ScalePolicy {
+            reads_per_slave: 20,
+            max_slaves: 16,
+        }
+    }
+}
+
+/// `max(1, ceil(reads / reads_per_slave))`, at most `max_slaves`.
+pub fn target_slaves(policy: ScalePolicy, reads: u64) -> u64 {
+    let per = policy.reads_per_slave.max(1);
+    reads.div_ceil(per).max(1).min(policy.max_slaves.max(1))
+}
+
+/// What the orchestrator should do to reach one master and `target` slaves.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Workers to start.
+    pub start: usize,
+    /// Slaves to stop (scale in): highest pids first, never the master.
+    pub stop: Vec<String>,
+}
+
+/// Compares what runs with what should run. `starting` counts workers started but not yet
+/// registered; they count as present, so a slow start is not answered with another start.
+pub fn reconcile(
+    target_slaves: u64,
+    members: &[Member],
+    master: Option<&str>,
+    starting: usize,
+) -> Plan {
+    let desired = usize::try_from(target_slaves).unwrap_or(usize::MAX).saturating_add(1);
+    let present = members.len() + starting;
+    if present < desired {
+        return Plan {
+            start: desired - present,
+            stop: vec![],
+        };
+    }
+    if starting == 0 && members.len() > desired {
+        let mut slaves: Vec<&Member> = members
+            .iter()
+            .filter(|m| Some(m.id.as_str()) != master)
+            .collect();
+        slaves.sort_by(|a, b| (b.pid, &b.id).cmp(&(a.pid, &a.id)));
+        // Without a known master keep one extra: the election needs a worker to promote.
+        let excess = members.len() - desired;
+        let keep_for_master = usize::from(master.is_none());
+        let stop = slaves
+            .into_iter()
+            .take(excess.saturating_sub(keep_for_master))
+            .map(|m| m.id.clone())
+            .collect();
+        return Plan { start: 0, stop };
+    }
+    Plan::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, pid: u32) -> Member {
+        Member {
+            id: id.into(),
+            pid,
+        }
+    }
+
+    #[test]
+    fn slave_with_lowest_pid_becomes_master_when_master_is_gone() {
+        let members = [m("a", 30), m("b", 10), m("c", 20)];
+        assert_eq!(elect(&members, None).unwrap().id, "b");
+        assert_eq!(elect(&members, Some("dead")).unwrap().id, "b");
+    }
+
+    #[test]
+    fn live_master_keeps_its_place_even_with_a_lower_pid_slave() {
+        let members = [m("a", 30), m("b", 10)];
+        assert_eq!(elect(&members, Some("a")).unwrap().id, "a");
+        assert!(elect(&[], None).is_none());
+    }
+
+    #[test]
+    fn scaling_follows_the_contract_table() {
+        let p = ScalePolicy::default();
+        for (reads, slaves) in [(0, 1), (1, 1), (20, 1), (21, 2), (40, 2), (41, 3), (45, 3), (60, 3), (61, 4)] {
+            assert_eq!(target_slaves(p, reads), slaves, "{reads} reads");
+        }
+        assert_eq!(target_slaves(p, 1_000_000), 16);
+        let p5 = ScalePolicy { reads_per_slave: 5, max_slaves: 100 };
+        assert_eq!(target_slaves(p5, 11), 3);
+    }
+
+    #[test]
+    fn dead_workers_are_replaced() {
+        // A master and no slave (a slave died, or was just promoted): start one.
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
+        // Nobody at all: start master and slave.
+        assert_eq!(reconcile(1, &[], None, 0).start, 2);
+        // A start in flight counts.
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 1), Plan::default());
+    }
+
+    #[test]
+    fn scaling_in_stops_highest_pid_slaves_never_the_master() {
+        let members = [m("a", 50), m("b", 10), m("c", 30), m("d", 40)];
+        let plan = reconcile(1, &members, Some("a"), 0);
+        assert_eq!(plan.start, 0);
+        assert_eq!(plan.stop, vec!["d".to_string(), "c".to_string()]);
+        // Not while starts are in flight: the picture is not settled.
+        assert!(reconcile(1, &members, Some("a"), 1).stop.is_empty());
+    }
+
+    #[test]
+    fn scaling_out_starts_the_difference() {
+        assert_eq!(reconcile(3, &[m("a", 1), m("b", 2)], Some("a"), 0).start, 2);
+    }
+}

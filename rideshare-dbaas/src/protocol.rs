@@ -1,0 +1,224 @@
+//! What travels on the queues and in the log. Every message is versioned JSON (`"v": 1`).
+//!
+//! - `rideshare.write`: [`WriteRequest`]s, consumed by the master only.
+//! - `rideshare.read`: [`ReadRequest`]s, consumed round robin by the slaves.
+//! - the orchestrator's reply queue (`reply_to`): [`Reply`]s, matched by correlation id.
+//! - the log: [`LogEntry`]s: epoch markers and writes, each stamped with the master's epoch.
+//!
+//! The log replaces a sync queue: slaves apply it in order, new workers replay it.
+
+use bytes::Bytes;
+use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The protocol version every message carries; a reader refuses others.
+pub const VERSION: u8 = 1;
+pub const WRITE_QUEUE: &str = "rideshare.write";
+pub const READ_QUEUE: &str = "rideshare.read";
+
+/// Coordinator paths.
+pub const ROOT: &str = "/rideshare";
+pub const WORKERS: &str = "/rideshare/workers";
+pub const MASTER: &str = "/rideshare/master";
+pub const EPOCHS: &str = "/rideshare/epochs";
+pub const SCALE: &str = "/rideshare/scale";
+
+/// One write, sent by the orchestrator to the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub v: u8,
+    /// Chosen by the client; a retry reuses it, so the write is applied once.
+    pub request_id: RequestId,
+    pub op: WriteOp,
+}
+
+/// One read, sent by the orchestrator to any slave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub v: u8,
+    pub op: ReadOp,
+    /// The slave answers only once it has applied this log index (0: any state will do).
+    pub min_index: u64,
+}
+
+/// Why a worker did not do what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The worker is not the master of the current epoch; the write was not acknowledged.
+    NotMaster,
+    /// The slave did not reach `min_index` in time.
+    Behind,
+    /// The log or the store failed.
+    Unavailable,
+    /// The message could not be decoded.
+    BadRequest,
+}
+
+/// A worker's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Written {
+        v: u8,
+        /// The log index of the write (a redelivered write gets its first index's outcome).
+        index: u64,
+        /// The epoch of the master that acknowledged it, and its id.
+        epoch: u64,
+        worker: String,
+        outcome: WriteOutcome,
+    },
+    Read {
+        v: u8,
+        applied_index: u64,
+        worker: String,
+        outcome: ReadOutcome,
+    },
+    Refused {
+        v: u8,
+        refusal: Refusal,
+        message: String,
+    },
+}
+
+impl Reply {
+    pub fn refused(refusal: Refusal, message: impl Into<String>) -> Self {
+        Reply::Refused {
+            v: VERSION,
+            refusal,
+            message: message.into(),
+        }
+    }
+}
+
+/// One entry of the write log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub v: u8,
+    /// The epoch of the master that appended it.
+    pub epoch: u64,
+    #[serde(flatten)]
+    pub body: EntryBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntryBody {
+    /// A new master's first append: from here on, entries of older epochs are ignored.
+    EpochMarker { master: String },
+    Write { request_id: RequestId, op: WriteOp },
+}
+
+/// A worker's membership record (the data of its ephemeral node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: String,
+    pub pid: u32,
+    pub role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Slave,
+    Master,
+}
+
+/// The master's record (the data of the ephemeral `/rideshare/master` node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterRecord {
+    pub id: String,
+    pub pid: u32,
+    /// 0 until the new master has taken its epoch.
+    pub epoch: u64,
+}
+
+/// The scaling target (data of the persistent `/rideshare/scale` node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    pub slaves: u64,
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    // Serializing these types cannot fail: no maps with non-string keys, no foreign types.
+    Bytes::from(serde_json::to_vec(message).unwrap_or_default())
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// Decodes and refuses other protocol versions.
+pub fn decode_versioned<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T> {
+    let message: T = decode(bytes)?;
+    if message.version() == VERSION {
+        Ok(message)
+    } else {
+        Err(Error::Protocol(format!(
+            "protocol version {} (this build speaks {VERSION})",
+            message.version()
+        )))
+    }
+}
+
+pub trait Versioned {
+    fn version(&self) -> u8;
+}
+
+impl Versioned for WriteRequest {
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+impl Versioned for ReadRequest {
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+impl Versioned for LogEntry {
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
+impl Versioned for Reply {
+    fn version(&self) -> u8 {
+        match self {
+            Reply::Written { v, .. } | Reply::Read { v, .. } | Reply::Refused { v, .. } => *v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rideshare_core::Username;
+
+    #[test]
+    fn log_entries_have_a_stable_encoding() {
+        let entry = LogEntry {
+            v: VERSION,
+            epoch: 3,
+            body: EntryBody::Write {
+                request_id: RequestId("r1".into()),
+                op: WriteOp::DeleteUser {
+                    username: Username::parse("a").unwrap(),
+                },
+            },
+        };
+        let text = String::from_utf8(encode(&entry).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"v":1,"epoch":3,"kind":"write","request_id":"r1","op":{"op":"delete_user","username":"a"}}"#
+        );
+        assert_eq!(decode_versioned::<LogEntry>(text.as_bytes()).unwrap(), entry);
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let text = r#"{"v":2,"epoch":1,"kind":"epoch_marker","master":"w"}"#;
+        assert!(decode_versioned::<LogEntry>(text.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Request/response over the broker, matched by correlation id.
+//!
+//! One reply queue per client (exclusive to it); a single task reads it and hands each reply to
+//! the caller waiting on that correlation id. Replies nobody waits for any more (the caller timed
+//! out) are dropped. The number of calls in flight is bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::broker::{Broker, Message};
+use crate::error::{Error, Result};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
+
+pub struct RpcClient {
+    broker: Arc<dyn Broker>,
+    reply_queue: String,
+    pending: Pending,
+    next_id: AtomicU64,
+    prefix: String,
+    in_flight: Semaphore,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RpcClient {
+    /// Declares a reply queue named `rideshare.reply.<name>` and starts reading it.
+    pub async fn start(broker: Arc<dyn Broker>, name: &str, max_in_flight: usize) -> Result<Self> {
+        let reply_queue = format!("rideshare.reply.{name}");
+        broker.declare_exclusive(&reply_queue).await?;
+        let mut consumer = broker.consume(&reply_queue, 256).await?;
+        let pending: Pending = Arc::default();
+        let reader = tokio::spawn({
+            let pending = Arc::clone(&pending);
+            async move {
+                while let Some(delivery) = consumer.next().await {
+                    let Ok(delivery) = delivery else { break };
+                    let _ = delivery.ack().await;
+                    let waiter = delivery.message.correlation_id.as_ref().and_then(|id| {
+                        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+                    });
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(delivery.message.body);
+                    }
+                }
+                tracing::warn!("reply queue closed");
+            }
+        });
+        Ok(RpcClient {
+            broker,
+            reply_queue,
+            pending,
+            next_id: AtomicU64::new(1),
+            prefix: name.to_owned(),
+            in_flight: Semaphore::new(max_in_flight),
+            reader,
+        })
+    }
+
+    /// Publishes `body` to `queue` and waits at most `timeout` for the reply.
+    pub async fn call(&self, queue: &str, body: Bytes, timeout: Duration) -> Result<Bytes> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let _permit = tokio::time::timeout(timeout, self.in_flight.acquire())
+            .await
+            .map_err(|_| Error::Timeout("rpc slot", timeout_ms))?
+            .map_err(|_| Error::QueueClosed(self.reply_queue.clone()))?;
+        let id = format!(
+            "{}-{}",
+            self.prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let forget = || {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        };
+        let message = Message {
+            body,
+            correlation_id: Some(id.clone()),
+            reply_to: Some(self.reply_queue.clone()),
+        };
+        if let Err(e) = self.broker.publish(queue, message).await {
+            forget();
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::QueueClosed(self.reply_queue.clone())),
+            Err(_) => {
+                forget();
+                Err(Error::Timeout("worker", timeout_ms))
+            }
+        }
+    }
+}

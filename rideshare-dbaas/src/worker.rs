@@ -1,0 +1,507 @@
+//! The worker: one program that is a slave or the master, with its own copy of the database.
+//!
+//! Every worker follows the log (the tailer) and applies it in order to its store. A slave serves
+//! reads from the read queue, waiting (bounded) until it has applied the index a read asks for.
+//! When the master's node disappears, the worker the election picks takes the `/rideshare/master`
+//! node, draws a new epoch from the coordinator, appends its epoch marker and, once its tailer
+//! has applied the marker (so it holds everything before it), consumes the write queue: it
+//! appends each write stamped with its epoch and answers only after its tailer applied it.
+//!
+//! Fencing: entries of an older epoch after a newer marker are skipped by every replica, and a
+//! master that sees a newer marker (or loses its session) stops and never acknowledges again.
+//! A worker must not serve reads before it has caught up with the log as it was at its start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rideshare_core::machine::{Applied, StateMachine, Store};
+use rideshare_core::ops::{RequestId, WriteOutcome};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::broker::{Broker, Delivery, Message};
+use crate::coord::{Coordinator, CreateMode, Session};
+use crate::error::{Error, Result};
+use crate::log::{Log, Record};
+use crate::policy::{elect, Member};
+use crate::protocol::{
+    decode, decode_versioned, encode, EntryBody, LogEntry, MasterRecord, MemberRecord, ReadRequest,
+    Refusal, Reply, Role, WriteRequest, EPOCHS, MASTER, READ_QUEUE, VERSION, WORKERS, WRITE_QUEUE,
+};
+
+/// A worker's settings. Every wait has a bound.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub pid: u32,
+    /// Unacked reads one slave holds at most.
+    pub read_prefetch: u16,
+    /// Unacked writes the master holds at most (its pipelining depth).
+    pub write_prefetch: u16,
+    /// How long a read waits for its `min_index` before answering `Behind`.
+    pub read_wait: Duration,
+    /// How long the master waits to see its own append applied before giving up on it.
+    pub write_wait: Duration,
+    /// Bound on catching up with the log at start.
+    pub catch_up_wait: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(id: impl Into<String>, pid: u32) -> Self {
+        WorkerConfig {
+            id: id.into(),
+            pid,
+            read_prefetch: 32,
+            write_prefetch: 64,
+            read_wait: Duration::from_secs(2),
+            write_wait: Duration::from_secs(5),
+            catch_up_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The engines a worker talks to.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub broker: Arc<dyn Broker>,
+    pub log: Arc<dyn Log>,
+    pub coordinator: Arc<dyn Coordinator>,
+}
+
+type Waiter = oneshot::Sender<std::result::Result<(u64, WriteOutcome), Refusal>>;
+
+/// State shared by a worker's tasks.
+struct Shared {
+    config: WorkerConfig,
+    machine: Mutex<StateMachine<Box<dyn Store>>>,
+    /// The last applied log index.
+    applied: watch::Sender<u64>,
+    /// The newest epoch marker seen in the log.
+    epoch: AtomicU64,
+    /// This worker's epoch while it is master; 0 otherwise.
+    my_epoch: AtomicU64,
+    /// Writes this master appended and waits to see applied, by request id.
+    pending: Mutex<HashMap<RequestId, Vec<Waiter>>>,
+    /// Set when a newer epoch marker shows this worker is no longer master.
+    deposed: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn resolve(&self, id: &RequestId, result: std::result::Result<(u64, WriteOutcome), Refusal>) {
+        let waiters = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+
+    fn fail_all_pending(&self) {
+        let all: Vec<Waiter> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .flat_map(|(_, w)| w)
+            .collect();
+        for waiter in all {
+            let _ = waiter.send(Err(Refusal::NotMaster));
+        }
+    }
+
+    /// Applies one log record: the replica's only way to change its state.
+    fn apply_record(&self, record: Record) -> Result<()> {
+        let index = record.index;
+        let entry = match decode_versioned::<LogEntry>(&record.data) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Every replica skips the same undecodable entry, so they stay identical.
+                tracing::warn!(index, error = %e, "skipping undecodable log entry");
+                self.machine
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .skip(index)?;
+                self.applied.send_replace(index);
+                return Ok(());
+            }
+        };
+        let my_epoch = self.my_epoch.load(Ordering::SeqCst);
+        let mut machine = self.machine.lock().unwrap_or_else(|e| e.into_inner());
+        match entry.body {
+            EntryBody::EpochMarker { .. } => {
+                machine.skip(index)?;
+                drop(machine);
+                if entry.epoch > self.epoch.load(Ordering::SeqCst) {
+                    self.epoch.store(entry.epoch, Ordering::SeqCst);
+                }
+                if my_epoch != 0 && entry.epoch > my_epoch {
+                    tracing::warn!(my_epoch, new_epoch = entry.epoch, "deposed by a newer master");
+                    self.deposed.send_replace(true);
+                    self.fail_all_pending();
+                }
+            }
+            EntryBody::Write { request_id, op } => {
+                let current = self.epoch.load(Ordering::SeqCst);
+                let result = if entry.epoch == current {
+                    match machine.apply(index, &request_id, &op)? {
+                        Applied::Fresh(outcome) | Applied::Duplicate(outcome) => {
+                            Some(Ok((index, outcome)))
+                        }
+                        Applied::AlreadyApplied => None,
+                    }
+                } else {
+                    // A deposed master's write: ignored by every replica.
+                    machine.skip(index)?;
+                    Some(Err(Refusal::NotMaster))
+                };
+                drop(machine);
+                // Only the appender waits on its own entries; an older master's entry with the
+                // same request id must not answer this master's waiter.
+                if my_epoch != 0 && entry.epoch == my_epoch {
+                    if let Some(result) = result {
+                        self.resolve(&request_id, result);
+                    }
+                }
+            }
+        }
+        self.applied.send_replace(index);
+        Ok(())
+    }
+
+    async fn wait_applied(&self, index: u64, bound: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        let reached = tokio::time::timeout(bound, rx.wait_for(|applied| *applied >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        reached
+    }
+}
+
+/// Runs a worker until it must stop: its session ended, it was deposed, or an engine failed.
+/// It never returns `Ok` on its own; the caller (a runtime) treats any return as the worker's
+/// death, and the orchestrator replaces it.
+pub async fn run_worker(config: WorkerConfig, deps: WorkerDeps, store: Box<dyn Store>) -> Result<()> {
+    let mut machine = StateMachine::new(store);
+    let start_index = machine.applied_index()?;
+    let (applied, _) = watch::channel(start_index);
+    let (deposed, mut deposed_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        machine: Mutex::new(machine),
+        applied,
+        epoch: AtomicU64::new(0),
+        my_epoch: AtomicU64::new(0),
+        pending: Mutex::default(),
+        deposed,
+    });
+    let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
+    deps.broker.declare(READ_QUEUE).await?;
+    deps.broker.declare(WRITE_QUEUE).await?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(tail(Arc::clone(&shared), Arc::clone(&deps.log), start_index));
+
+    let member = MemberRecord {
+        id: config.id.clone(),
+        pid: config.pid,
+        role: Role::Slave,
+    };
+    let member_path = session
+        .create(
+            &format!("{WORKERS}/w-"),
+            encode(&member),
+            CreateMode::EphemeralSequential,
+        )
+        .await?;
+    tracing::info!(id = %config.id, pid = config.pid, path = %member_path, "worker registered");
+
+    let end = deps.log.end().await?;
+    let lost = session.lost();
+    tokio::select! {
+        caught_up = shared.wait_applied(end, config.catch_up_wait) => {
+            if !caught_up {
+                return Err(Error::Timeout("catch-up", duration_ms(config.catch_up_wait)));
+            }
+        }
+        _ = lost => return Err(Error::SessionExpired),
+    }
+    tracing::info!(id = %config.id, index = end, "caught up with the log");
+
+    let roles = serve_roles(
+        Arc::clone(&shared),
+        deps.clone(),
+        Arc::clone(&session),
+        member_path,
+    );
+    tokio::select! {
+        result = roles => result,
+        _ = session.lost() => Err(Error::SessionExpired),
+        _ = deposed_rx.wait_for(|d| *d) => Err(Error::NotMaster),
+        ended = tasks.join_next() => match ended {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(Error::LogUnavailable("log reader ended".into())),
+        },
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Follows the log from after `start_index` and applies every entry.
+async fn tail(shared: Arc<Shared>, log: Arc<dyn Log>, start_index: u64) -> Result<()> {
+    let mut reader = log.read_from(start_index + 1).await?;
+    while let Some(record) = reader.next().await {
+        shared.apply_record(record?)?;
+    }
+    Err(Error::LogUnavailable("log closed".into()))
+}
+
+/// Serves as a slave until elected, then as master until something ends it.
+async fn serve_roles(
+    shared: Arc<Shared>,
+    deps: WorkerDeps,
+    session: Arc<dyn Session>,
+    member_path: String,
+) -> Result<()> {
+    let reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
+    let _abort_reads = AbortOnDrop(reads.abort_handle());
+    loop {
+        let (master, master_changed) = session.get_watch(MASTER).await?;
+        if master.is_some() {
+            master_changed.await;
+            continue;
+        }
+        let (children, members_changed) = session.children_watch(WORKERS).await?;
+        let members = read_members(session.as_ref(), &children).await;
+        let me = &shared.config.id;
+        if elect(&members, None).map(|m| &m.id) == Some(me) && try_promote(&shared, &deps, session.as_ref()).await? {
+            break;
+        }
+        tokio::select! {
+            _ = master_changed => {}
+            _ = members_changed => {}
+        }
+    }
+    reads.abort();
+    let record = MemberRecord {
+        id: shared.config.id.clone(),
+        pid: shared.config.pid,
+        role: Role::Master,
+    };
+    session.set(&member_path, encode(&record), None).await?;
+    serve_writes(shared, deps).await
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The live members from the coordinator; nodes that vanish meanwhile are left out.
+pub async fn read_members(session: &dyn Session, children: &[String]) -> Vec<Member> {
+    let mut members = Vec::with_capacity(children.len());
+    for child in children {
+        if let Ok(Some((data, _))) = session.get(&format!("{WORKERS}/{child}")).await {
+            if let Ok(record) = decode::<MemberRecord>(&data) {
+                members.push(Member {
+                    id: record.id,
+                    pid: record.pid,
+                });
+            }
+        }
+    }
+    members
+}
+
+/// Takes the master node, draws an epoch, appends the marker and waits until it is applied.
+/// `Ok(false)`: another worker took the master node first.
+async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) -> Result<bool> {
+    let id = shared.config.id.clone();
+    let pid = shared.config.pid;
+    let record = MasterRecord {
+        id: id.clone(),
+        pid,
+        epoch: 0,
+    };
+    match session
+        .create(MASTER, encode(&record), CreateMode::Ephemeral)
+        .await
+    {
+        Ok(_) => {}
+        Err(Error::NodeExists(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let epoch_path = session
+        .create(&format!("{EPOCHS}/e-"), Bytes::new(), CreateMode::PersistentSequential)
+        .await?;
+    let epoch = epoch_path
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|seq| seq + 1)
+        .ok_or_else(|| Error::Protocol(format!("bad epoch node {epoch_path}")))?;
+    session
+        .set(MASTER, encode(&MasterRecord { id: id.clone(), pid, epoch }), None)
+        .await?;
+    shared.my_epoch.store(epoch, Ordering::SeqCst);
+    let marker = LogEntry {
+        v: VERSION,
+        epoch,
+        body: EntryBody::EpochMarker { master: id.clone() },
+    };
+    deps.log.append(encode(&marker)).await?;
+    // Applying our own marker means every earlier entry is applied: we hold all acked writes.
+    let mut applied = shared.applied.subscribe();
+    let seen = tokio::time::timeout(
+        shared.config.catch_up_wait,
+        applied.wait_for(|_| shared.epoch.load(Ordering::SeqCst) >= epoch),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !seen {
+        return Err(Error::Timeout("epoch marker", duration_ms(shared.config.catch_up_wait)));
+    }
+    if shared.epoch.load(Ordering::SeqCst) > epoch {
+        return Err(Error::NotMaster);
+    }
+    // Older epoch nodes only served to draw numbers; the sequence never reuses one.
+    if let Ok(children) = session.children(EPOCHS).await {
+        let mine = epoch_path.rsplit('/').next().unwrap_or_default().to_owned();
+        for child in children.into_iter().filter(|c| *c < mine) {
+            let _ = session.delete(&format!("{EPOCHS}/{child}")).await;
+        }
+    }
+    tracing::info!(%id, pid, epoch, "became master");
+    Ok(true)
+}
+
+async fn reply(broker: &dyn Broker, delivery: &Delivery, reply: &Reply) {
+    let Some(reply_to) = delivery.message.reply_to.as_deref() else {
+        return;
+    };
+    let message = Message {
+        body: encode(reply),
+        correlation_id: delivery.message.correlation_id.clone(),
+        reply_to: None,
+    };
+    if let Err(e) = broker.publish(reply_to, message).await {
+        tracing::warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// A slave's read server: answers reads once it has applied their `min_index`.
+async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()> {
+    let mut consumer = broker.consume(READ_QUEUE, shared.config.read_prefetch).await?;
+    let mut handlers = JoinSet::new();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        while handlers.try_join_next().is_some() {}
+        let shared = Arc::clone(&shared);
+        let broker = Arc::clone(&broker);
+        handlers.spawn(async move {
+            let answer = match decode_versioned::<ReadRequest>(&delivery.message.body) {
+                Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
+                Ok(request) => {
+                    if !shared.wait_applied(request.min_index, shared.config.read_wait).await {
+                        Reply::refused(
+                            Refusal::Behind,
+                            format!("index {} not applied in time", request.min_index),
+                        )
+                    } else {
+                        let mut machine = shared.machine.lock().unwrap_or_else(|e| e.into_inner());
+                        let applied_index = machine.applied_index().unwrap_or_default();
+                        match machine.read(&request.op) {
+                            Ok(outcome) => Reply::Read {
+                                v: VERSION,
+                                applied_index,
+                                worker: shared.config.id.clone(),
+                                outcome,
+                            },
+                            Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
+                        }
+                    }
+                }
+            };
+            reply(broker.as_ref(), &delivery, &answer).await;
+            let _ = delivery.ack().await;
+        });
+    }
+    Err(Error::QueueClosed(READ_QUEUE.into()))
+}
+
+/// The master's write server: append, wait until applied, answer, ack.
+async fn serve_writes(shared: Arc<Shared>, deps: WorkerDeps) -> Result<()> {
+    let mut consumer = deps
+        .broker
+        .consume(WRITE_QUEUE, shared.config.write_prefetch)
+        .await?;
+    let mut handlers = JoinSet::new();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        while handlers.try_join_next().is_some() {}
+        let shared = Arc::clone(&shared);
+        let deps = deps.clone();
+        handlers.spawn(async move {
+            let answer = handle_write(&shared, deps.log.as_ref(), &delivery.message.body).await;
+            reply(deps.broker.as_ref(), &delivery, &answer).await;
+            // Acked after the reply: a crash in between redelivers, and the request id
+            // makes the second application a no-op with the first outcome.
+            let _ = delivery.ack().await;
+        });
+    }
+    Err(Error::QueueClosed(WRITE_QUEUE.into()))
+}
+
+async fn handle_write(shared: &Shared, log: &dyn Log, body: &[u8]) -> Reply {
+    let request = match decode_versioned::<WriteRequest>(body) {
+        Ok(r) => r,
+        Err(e) => return Reply::refused(Refusal::BadRequest, e.to_string()),
+    };
+    let epoch = shared.my_epoch.load(Ordering::SeqCst);
+    if epoch == 0 || *shared.deposed.borrow() {
+        return Reply::refused(Refusal::NotMaster, "not master");
+    }
+    let (tx, rx) = oneshot::channel();
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(request.request_id.clone())
+        .or_default()
+        .push(tx);
+    let entry = LogEntry {
+        v: VERSION,
+        epoch,
+        body: EntryBody::Write {
+            request_id: request.request_id.clone(),
+            op: request.op,
+        },
+    };
+    if let Err(e) = log.append(encode(&entry)).await {
+        shared.resolve(&request.request_id, Err(Refusal::Unavailable));
+        return Reply::refused(Refusal::Unavailable, e.to_string());
+    }
+    match tokio::time::timeout(shared.config.write_wait, rx).await {
+        Ok(Ok(Ok((index, outcome)))) => Reply::Written {
+            v: VERSION,
+            index,
+            epoch,
+            worker: shared.config.id.clone(),
+            outcome,
+        },
+        Ok(Ok(Err(refusal))) => Reply::refused(refusal, "write not acknowledged"),
+        Ok(Err(_)) | Err(_) => Reply::refused(
+            Refusal::Unavailable,
+            "write appended but not seen applied in time",
+        ),
+    }
+}
