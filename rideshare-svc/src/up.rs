@@ -5,6 +5,7 @@
 //! SQLite file. The log file is the database: on restart every worker replays it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,40 @@ use crate::serve::{bind, run_until, spawn_server};
 /// Bound on one internal HTTP hop (gateway → service, rides → users, service → orchestrator).
 const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A running `rideshare up`: where it listens, and how to stop it.
+pub struct Up {
+    pub gateway: SocketAddr,
+    pub users: SocketAddr,
+    pub rides: SocketAddr,
+    pub orchestrator: SocketAddr,
+    cluster: EmbeddedCluster,
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Up {
+    /// Serves until `shutdown` resolves (or a server fails), then stops everything.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let result = run_until(shutdown, self.stop, self.servers).await;
+        self.cluster.shutdown();
+        result
+    }
+
+    /// Stops everything now.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.run_until(async {}).await
+    }
+}
+
+/// `rideshare up` until Ctrl-C / SIGTERM.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    start(args).await?.run_until(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the data directory, binds every address, starts the DBaaS and the services.
+pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let log_path = args.data_dir.join("rideshare.log");
@@ -89,6 +123,12 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     );
     let orchestrator = orchestrator_router(Arc::clone(cluster.orchestrator()), limits);
 
+    let addrs = (
+        gateway_listener.local_addr()?,
+        users_listener.local_addr()?,
+        rides_listener.local_addr()?,
+        orchestrator_listener.local_addr()?,
+    );
     let (stop, stopped) = watch::channel(false);
     let servers = vec![
         spawn_server("gateway", gateway_listener, gateway, stopped.clone()),
@@ -96,9 +136,13 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         spawn_server("rides", rides_listener, rides, stopped.clone()),
         spawn_server("orchestrator", orchestrator_listener, orchestrator, stopped),
     ];
-    let result = run_until(shutdown, stop, servers).await;
-    cluster.shutdown();
-    result?;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Up {
+        gateway: addrs.0,
+        users: addrs.1,
+        rides: addrs.2,
+        orchestrator: addrs.3,
+        cluster,
+        stop,
+        servers,
+    })
 }
