@@ -38,24 +38,14 @@ impl RpcClient {
     pub async fn start(broker: Arc<dyn Broker>, name: &str, max_in_flight: usize) -> Result<Self> {
         let reply_queue = format!("rideshare.reply.{name}");
         broker.declare_exclusive(&reply_queue).await?;
-        let mut consumer = broker.consume(&reply_queue, 256).await?;
+        let first = broker.consume(&reply_queue, 256).await?;
         let pending: Pending = Arc::default();
-        let reader = tokio::spawn({
-            let pending = Arc::clone(&pending);
-            async move {
-                while let Some(delivery) = consumer.next().await {
-                    let Ok(delivery) = delivery else { break };
-                    let _ = delivery.ack().await;
-                    let waiter = delivery.message.correlation_id.as_ref().and_then(|id| {
-                        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
-                    });
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send(delivery.message.body);
-                    }
-                }
-                tracing::warn!("reply queue closed");
-            }
-        });
+        let reader = tokio::spawn(read_replies(
+            Arc::clone(&broker),
+            reply_queue.clone(),
+            first,
+            Arc::clone(&pending),
+        ));
         Ok(RpcClient {
             broker,
             reply_queue,
@@ -65,6 +55,11 @@ impl RpcClient {
             in_flight: Semaphore::new(max_in_flight),
             reader,
         })
+    }
+
+    /// Number of calls waiting for a reply.
+    pub fn waiting(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Publishes `body` to `queue` and waits at most `timeout` for the reply.
@@ -106,6 +101,42 @@ impl RpcClient {
                 forget();
                 Err(Error::Timeout("worker", timeout_ms))
             }
+        }
+    }
+}
+
+/// Hands replies to their callers. When the reply queue's consumer ends (the broker restarted,
+/// the exclusive queue went with the connection), declares the queue again and resubscribes,
+/// with a bounded backoff; calls in flight meanwhile time out and are retried by their callers.
+async fn read_replies(
+    broker: Arc<dyn Broker>,
+    reply_queue: String,
+    first: Box<dyn crate::broker::Consumer>,
+    pending: Pending,
+) {
+    let mut consumer = Some(first);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if let Some(mut c) = consumer.take() {
+            while let Some(delivery) = c.next().await {
+                let Ok(delivery) = delivery else { break };
+                backoff = Duration::from_millis(50);
+                let _ = delivery.ack().await;
+                let waiter = delivery
+                    .message
+                    .correlation_id
+                    .as_ref()
+                    .and_then(|id| pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(delivery.message.body);
+                }
+            }
+            tracing::warn!(queue = %reply_queue, "reply queue consumer ended; resubscribing");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if broker.declare_exclusive(&reply_queue).await.is_ok() {
+            consumer = broker.consume(&reply_queue, 256).await.ok();
         }
     }
 }

@@ -269,23 +269,38 @@ async fn serve_roles(
     session: Arc<dyn Session>,
     member_path: String,
 ) -> Result<()> {
-    let reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
+    let mut reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
     let _abort_reads = AbortOnDrop(reads.abort_handle());
-    loop {
-        let (master, master_changed) = session.get_watch(MASTER).await?;
-        if master.is_some() {
-            master_changed.await;
-            continue;
+    let election = async {
+        loop {
+            let (master, master_changed) = session.get_watch(MASTER).await?;
+            if master.is_some() {
+                master_changed.await;
+                continue;
+            }
+            let (children, members_changed) = session.children_watch(WORKERS).await?;
+            let members = read_members(session.as_ref(), &children).await;
+            let me = &shared.config.id;
+            if elect(&members, None).map(|m| &m.id) == Some(me)
+                && try_promote(&shared, &deps, session.as_ref()).await?
+            {
+                return Ok::<(), Error>(());
+            }
+            tokio::select! {
+                _ = master_changed => {}
+                _ = members_changed => {}
+            }
         }
-        let (children, members_changed) = session.children_watch(WORKERS).await?;
-        let members = read_members(session.as_ref(), &children).await;
-        let me = &shared.config.id;
-        if elect(&members, None).map(|m| &m.id) == Some(me) && try_promote(&shared, &deps, session.as_ref()).await? {
-            break;
-        }
-        tokio::select! {
-            _ = master_changed => {}
-            _ = members_changed => {}
+    };
+    tokio::select! {
+        elected = election => elected?,
+        // A slave whose read consumer is gone (broker restarted) is of no use: stop, and be
+        // replaced by a fresh worker that subscribes again.
+        served = &mut reads => {
+            return match served {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::QueueClosed(READ_QUEUE.into())),
+            };
         }
     }
     reads.abort();

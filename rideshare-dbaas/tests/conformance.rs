@@ -82,6 +82,62 @@ async fn one_coordinator_shared_by_every_case_passes_the_suite() {
     .assert_passed();
 }
 
+/// A broker that ignores the prefetch bound: the suite must notice.
+struct NoPrefetch(MemBroker);
+
+#[async_trait::async_trait]
+impl Broker for NoPrefetch {
+    async fn declare(&self, queue: &str) -> rideshare_dbaas::Result<()> {
+        self.0.declare(queue).await
+    }
+    async fn declare_exclusive(&self, queue: &str) -> rideshare_dbaas::Result<()> {
+        self.0.declare_exclusive(queue).await
+    }
+    async fn publish(&self, queue: &str, message: Message) -> rideshare_dbaas::Result<()> {
+        self.0.publish(queue, message).await
+    }
+    async fn consume(&self, queue: &str, _prefetch: u16) -> rideshare_dbaas::Result<Box<dyn Consumer>> {
+        self.0.consume(queue, 0).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_suite_fails_a_broker_that_ignores_prefetch() {
+    let report = broker_suite(|| async { NoPrefetch(MemBroker::new()) }).await;
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        ["consumer_holds_at_most_prefetch_unacked"],
+        "{report}"
+    );
+}
+
+/// A log that reports one entry too few at its end: the suite must notice.
+struct ShortEnd(MemLog);
+
+#[async_trait::async_trait]
+impl Log for ShortEnd {
+    async fn append(&self, data: Bytes) -> rideshare_dbaas::Result<()> {
+        self.0.append(data).await
+    }
+    async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
+        self.0.read_from(from).await
+    }
+    async fn end(&self) -> rideshare_dbaas::Result<u64> {
+        Ok(self.0.end().await?.saturating_sub(1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_suite_fails_a_log_with_a_wrong_end() {
+    let report = log_suite(|| async { ShortEnd(MemLog::new()) }).await;
+    assert!(!report.passed());
+    assert!(
+        report.failures().any(|c| c.name == "end_is_the_last_index"),
+        "{report}"
+    );
+}
+
 // ---- helpers ----------------------------------------------------------------------------------
 
 fn text(d: &Delivery) -> String {
@@ -234,19 +290,13 @@ async fn drops_follow_the_seed() {
         for i in 0..64 {
             publish(&broker, "q", &format!("m{i}")).await;
         }
+        // Prefetch 0 (unbounded) dispatches every survivor at once.
         let mut c = broker.consume("q", 0).await.unwrap();
         let mut out = Vec::new();
-        while !quiet_now(&mut c, &mut out) {}
-        out
-    }
-    fn quiet_now(c: &mut Box<dyn Consumer>, out: &mut Vec<String>) -> bool {
-        match c.next().now_or_never() {
-            Some(Some(Ok(d))) => {
-                out.push(text(&d));
-                false
-            }
-            _ => true,
+        while let Some(Some(Ok(d))) = c.next().now_or_never() {
+            out.push(text(&d));
         }
+        out
     }
     let a = survivors(42).await;
     assert_eq!(a, survivors(42).await, "same seed, same drops");
