@@ -11,7 +11,8 @@ use rideshare_dbaas::log::mem::MemLog;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cluster = EmbeddedCluster::start(Arc::new(MemLog::new()), EmbeddedConfig::default()).await?;
+    let cluster =
+        EmbeddedCluster::start(Arc::new(MemLog::new()), EmbeddedConfig::default()).await?;
     let orchestrator = Arc::clone(cluster.orchestrator());
     wait_for_workers(&orchestrator, 2).await?;
     println!("workers: {:?}", orchestrator.worker_pids().await?);
@@ -48,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|name| !users.iter().any(|u| u.as_str() == name.as_str()))
         .collect();
-    println!("{} acknowledged writes, {} present, lost: {lost:?}", acked.len(), users.len());
+    println!(
+        "{} acknowledged writes, {} present, lost: {lost:?}",
+        acked.len(),
+        users.len()
+    );
     cluster.shutdown();
     anyhow::ensure!(lost.is_empty(), "acknowledged writes were lost");
     Ok(())

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test gate, run the same way locally and in CI:
-#   formatting, clippy with -D warnings, every test, and the benches compiled.
-# It installs and starts whatever the tests need and stops what it started.
+#   formatting, clippy with -D warnings, the real engines started (RabbitMQ and ZooKeeper from
+#   Debian's packages, installed when missing), the worker image built, every test including
+#   those against the real engines and Docker, and the benches compiled.
+# It stops the engines it started. A test that needs an absent engine fails; none skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +15,23 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (workspace)"
-cargo test --workspace
+step "real engines: RabbitMQ and ZooKeeper on loopback"
+started_engines=0
+if ! ./scripts/engines.sh status | grep -q "RabbitMQ: up" || ! ./scripts/engines.sh status | grep -q "ZooKeeper: up"; then
+  started_engines=1
+fi
+./scripts/engines.sh start
+cleanup() { if [ "$started_engines" = 1 ]; then ./scripts/engines.sh stop || true; fi; }
+trap cleanup EXIT
+export RIDESHARE_AMQP_URL=${RIDESHARE_AMQP_URL:-amqp://127.0.0.1:5672/%2f}
+export RIDESHARE_ZK=${RIDESHARE_ZK:-127.0.0.1:2181}
+
+step "Docker: the worker image"
+docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker tests need it" >&2; exit 1; }
+./scripts/build-worker-image.sh
+
+step "cargo test (workspace, including the real-engine tests)"
+cargo test --workspace -- --include-ignored
 
 step "cargo bench --no-run"
 cargo bench --workspace --no-run

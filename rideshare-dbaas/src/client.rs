@@ -70,7 +70,9 @@ impl OrchestratorDb {
             }
             let text = response.text().await.unwrap_or_default();
             if status.is_client_error() {
-                return Err(DbError::Protocol(format!("orchestrator refused: {status} {text}")));
+                return Err(DbError::Protocol(format!(
+                    "orchestrator refused: {status} {text}"
+                )));
             }
             last = DbError::Unavailable(format!("orchestrator answered {status}: {text}"));
         }
@@ -83,7 +85,10 @@ impl Db for OrchestratorDb {
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, DbError> {
         let request_id = RequestId::random();
         let answer: WriteAnswer = self
-            .post("/api/v1/db/write", json!({"request_id": request_id, "op": op}))
+            .post(
+                "/api/v1/db/write",
+                json!({"request_id": request_id, "op": op}),
+            )
             .await?;
         Ok(answer.outcome)
     }

@@ -11,7 +11,9 @@ use crate::broker::mem::MemBroker;
 use crate::coord::mem::MemCoordinator;
 use crate::error::Result;
 use crate::log::Log;
-use crate::orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorDeps, RunningOrchestrator};
+use crate::orchestrator::{
+    Orchestrator, OrchestratorConfig, OrchestratorDeps, RunningOrchestrator,
+};
 use crate::runtime::tasks::{TaskRuntime, WorkerFactory};
 use crate::worker::{run_worker, WorkerConfig, WorkerDeps};
 
@@ -144,7 +146,11 @@ impl EmbeddedCluster {
     /// new one that rebuilds its state from the coordinator, the runtime and the log.
     pub async fn restart_orchestrator(&mut self) -> Result<()> {
         let mut config = self.config.orchestrator.clone();
-        config.name = format!("{}-{:08x}", self.config.orchestrator.name, rand::random::<u32>());
+        config.name = format!(
+            "{}-{:08x}",
+            self.config.orchestrator.name,
+            rand::random::<u32>()
+        );
         let fresh = Orchestrator::start(
             config,
             Self::orchestrator_deps(&self.broker, &self.log, &self.coordinator, &self.runtime),

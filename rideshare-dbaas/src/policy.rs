@@ -16,7 +16,9 @@ pub fn elect<'a>(members: &'a [Member], current_master: Option<&str>) -> Option<
             return Some(m);
         }
     }
-    members.iter().min_by(|a, b| (a.pid, &a.id).cmp(&(b.pid, &b.id)))
+    members
+        .iter()
+        .min_by(|a, b| (a.pid, &a.id).cmp(&(b.pid, &b.id)))
 }
 
 /// How read load maps to slaves.
@@ -60,7 +62,9 @@ pub fn reconcile(
     master: Option<&str>,
     starting: usize,
 ) -> Plan {
-    let desired = usize::try_from(target_slaves).unwrap_or(usize::MAX).saturating_add(1);
+    let desired = usize::try_from(target_slaves)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     let present = members.len() + starting;
     if present < desired {
         return Plan {
@@ -92,10 +96,7 @@ mod tests {
     use super::*;
 
     fn m(id: &str, pid: u32) -> Member {
-        Member {
-            id: id.into(),
-            pid,
-        }
+        Member { id: id.into(), pid }
     }
 
     #[test]
@@ -115,11 +116,24 @@ mod tests {
     #[test]
     fn scaling_follows_the_contract_table() {
         let p = ScalePolicy::default();
-        for (reads, slaves) in [(0, 1), (1, 1), (20, 1), (21, 2), (40, 2), (41, 3), (45, 3), (60, 3), (61, 4)] {
+        for (reads, slaves) in [
+            (0, 1),
+            (1, 1),
+            (20, 1),
+            (21, 2),
+            (40, 2),
+            (41, 3),
+            (45, 3),
+            (60, 3),
+            (61, 4),
+        ] {
             assert_eq!(target_slaves(p, reads), slaves, "{reads} reads");
         }
         assert_eq!(target_slaves(p, 1_000_000), 16);
-        let p5 = ScalePolicy { reads_per_slave: 5, max_slaves: 100 };
+        let p5 = ScalePolicy {
+            reads_per_slave: 5,
+            max_slaves: 100,
+        };
         assert_eq!(target_slaves(p5, 11), 3);
     }
 

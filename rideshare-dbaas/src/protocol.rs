@@ -108,8 +108,13 @@ pub struct LogEntry {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntryBody {
     /// A new master's first append: from here on, entries of older epochs are ignored.
-    EpochMarker { master: String },
-    Write { request_id: RequestId, op: WriteOp },
+    EpochMarker {
+        master: String,
+    },
+    Write {
+        request_id: RequestId,
+        op: WriteOp,
+    },
 }
 
 /// A worker's membership record (the data of its ephemeral node).
@@ -213,7 +218,10 @@ mod tests {
             text,
             r#"{"v":1,"epoch":3,"kind":"write","request_id":"r1","op":{"op":"delete_user","username":"a"}}"#
         );
-        assert_eq!(decode_versioned::<LogEntry>(text.as_bytes()).unwrap(), entry);
+        assert_eq!(
+            decode_versioned::<LogEntry>(text.as_bytes()).unwrap(),
+            entry
+        );
     }
 
     #[test]

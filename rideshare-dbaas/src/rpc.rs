@@ -122,11 +122,10 @@ async fn read_replies(
                 let Ok(delivery) = delivery else { break };
                 backoff = Duration::from_millis(50);
                 let _ = delivery.ack().await;
-                let waiter = delivery
-                    .message
-                    .correlation_id
-                    .as_ref()
-                    .and_then(|id| pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id));
+                let waiter =
+                    delivery.message.correlation_id.as_ref().and_then(|id| {
+                        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+                    });
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(delivery.message.body);
                 }

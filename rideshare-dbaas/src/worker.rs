@@ -140,7 +140,11 @@ impl Shared {
                     self.epoch.store(entry.epoch, Ordering::SeqCst);
                 }
                 if my_epoch != 0 && entry.epoch > my_epoch {
-                    tracing::warn!(my_epoch, new_epoch = entry.epoch, "deposed by a newer master");
+                    tracing::warn!(
+                        my_epoch,
+                        new_epoch = entry.epoch,
+                        "deposed by a newer master"
+                    );
                     self.deposed.send_replace(true);
                     self.fail_all_pending();
                 }
@@ -185,7 +189,11 @@ impl Shared {
 /// Runs a worker until it must stop: its session ended, it was deposed, or an engine failed.
 /// It never returns `Ok` on its own; the caller (a runtime) treats any return as the worker's
 /// death, and the orchestrator replaces it.
-pub async fn run_worker(config: WorkerConfig, deps: WorkerDeps, store: Box<dyn Store>) -> Result<()> {
+pub async fn run_worker(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    store: Box<dyn Store>,
+) -> Result<()> {
     let mut machine = StateMachine::new(store);
     let start_index = machine.applied_index()?;
     let (applied, _) = watch::channel(start_index);
@@ -204,7 +212,11 @@ pub async fn run_worker(config: WorkerConfig, deps: WorkerDeps, store: Box<dyn S
     deps.broker.declare(WRITE_QUEUE).await?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(tail(Arc::clone(&shared), Arc::clone(&deps.log), start_index));
+    tasks.spawn(tail(
+        Arc::clone(&shared),
+        Arc::clone(&deps.log),
+        start_index,
+    ));
 
     let member = MemberRecord {
         id: config.id.clone(),
@@ -356,7 +368,11 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
         Err(e) => return Err(e),
     }
     let epoch_path = session
-        .create(&format!("{EPOCHS}/e-"), Bytes::new(), CreateMode::PersistentSequential)
+        .create(
+            &format!("{EPOCHS}/e-"),
+            Bytes::new(),
+            CreateMode::PersistentSequential,
+        )
         .await?;
     let epoch = epoch_path
         .rsplit('-')
@@ -365,7 +381,15 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
         .map(|seq| seq + 1)
         .ok_or_else(|| Error::Protocol(format!("bad epoch node {epoch_path}")))?;
     session
-        .set(MASTER, encode(&MasterRecord { id: id.clone(), pid, epoch }), None)
+        .set(
+            MASTER,
+            encode(&MasterRecord {
+                id: id.clone(),
+                pid,
+                epoch,
+            }),
+            None,
+        )
         .await?;
     shared.my_epoch.store(epoch, Ordering::SeqCst);
     let marker = LogEntry {
@@ -383,7 +407,10 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
     .await
     .is_ok_and(|r| r.is_ok());
     if !seen {
-        return Err(Error::Timeout("epoch marker", duration_ms(shared.config.catch_up_wait)));
+        return Err(Error::Timeout(
+            "epoch marker",
+            duration_ms(shared.config.catch_up_wait),
+        ));
     }
     if shared.epoch.load(Ordering::SeqCst) > epoch {
         return Err(Error::NotMaster);
@@ -415,7 +442,9 @@ async fn reply(broker: &dyn Broker, delivery: &Delivery, reply: &Reply) {
 
 /// A slave's read server: answers reads once it has applied their `min_index`.
 async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()> {
-    let mut consumer = broker.consume(READ_QUEUE, shared.config.read_prefetch).await?;
+    let mut consumer = broker
+        .consume(READ_QUEUE, shared.config.read_prefetch)
+        .await?;
     let mut handlers = JoinSet::new();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
@@ -426,7 +455,10 @@ async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()>
             let answer = match decode_versioned::<ReadRequest>(&delivery.message.body) {
                 Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
                 Ok(request) => {
-                    if !shared.wait_applied(request.min_index, shared.config.read_wait).await {
+                    if !shared
+                        .wait_applied(request.min_index, shared.config.read_wait)
+                        .await
+                    {
                         Reply::refused(
                             Refusal::Behind,
                             format!("index {} not applied in time", request.min_index),

@@ -96,7 +96,11 @@ impl Broker for NoPrefetch {
     async fn publish(&self, queue: &str, message: Message) -> rideshare_dbaas::Result<()> {
         self.0.publish(queue, message).await
     }
-    async fn consume(&self, queue: &str, _prefetch: u16) -> rideshare_dbaas::Result<Box<dyn Consumer>> {
+    async fn consume(
+        &self,
+        queue: &str,
+        _prefetch: u16,
+    ) -> rideshare_dbaas::Result<Box<dyn Consumer>> {
         self.0.consume(queue, 0).await
     }
 }
@@ -200,7 +204,10 @@ async fn consumers_are_served_round_robin() {
     for i in 0..6 {
         publish(&broker, "q", &format!("m{i}")).await;
     }
-    for (c, want) in consumers.iter_mut().zip([["m0", "m3"], ["m1", "m4"], ["m2", "m5"]]) {
+    for (c, want) in consumers
+        .iter_mut()
+        .zip([["m0", "m3"], ["m1", "m4"], ["m2", "m5"]])
+    {
         let got = [text(&recv(c).await), text(&recv(c).await)];
         assert_eq!(got, want);
     }
@@ -219,7 +226,10 @@ async fn queue_len_and_unacked_count_what_waits_and_what_is_held() {
     let d = recv(&mut c).await;
     d.ack().await.unwrap();
     assert_eq!((broker.queue_len("q"), broker.unacked("q")), (2, 2));
-    assert!(d.ack().await.is_err(), "a second ack of one delivery is refused");
+    assert!(
+        d.ack().await.is_err(),
+        "a second ack of one delivery is refused"
+    );
     assert_eq!(broker.queue_len("absent"), 0);
     assert_eq!(broker.consumer_count("q"), 1);
 }
@@ -235,7 +245,10 @@ async fn dropped_consumer_requeues_its_messages_at_the_front_in_order() {
     let taken = recv(&mut first).await;
     assert_eq!(text(&taken), "m0");
     drop(first);
-    assert!(taken.ack().await.is_err(), "ack after the consumer went away");
+    assert!(
+        taken.ack().await.is_err(),
+        "ack after the consumer went away"
+    );
     assert_eq!((broker.queue_len("q"), broker.unacked("q")), (4, 0));
     let mut second = broker.consume("q", 10).await.unwrap();
     let mut got = Vec::new();
@@ -300,7 +313,11 @@ async fn drops_follow_the_seed() {
     }
     let a = survivors(42).await;
     assert_eq!(a, survivors(42).await, "same seed, same drops");
-    assert!(a.len() > 10 && a.len() < 54, "about half dropped: {}", a.len());
+    assert!(
+        a.len() > 10 && a.len() < 54,
+        "about half dropped: {}",
+        a.len()
+    );
     assert_ne!(a, survivors(43).await, "another seed, other drops");
 }
 
@@ -328,7 +345,10 @@ async fn unavailable_broker_refuses_calls_and_closes_consumers() {
         broker.publish("q", Message::new("x")).await,
         Err(Error::BrokerUnavailable(_))
     ));
-    assert!(matches!(broker.declare("r").await, Err(Error::BrokerUnavailable(_))));
+    assert!(matches!(
+        broker.declare("r").await,
+        Err(Error::BrokerUnavailable(_))
+    ));
     assert!(matches!(
         broker.consume("q", 1).await.err(),
         Some(Error::BrokerUnavailable(_))
@@ -413,9 +433,15 @@ async fn unavailable_log_refuses_appends_and_reads_then_recovers() {
     log.set_unavailable(true);
     let (mut r, during) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(during, Some(Err(Error::LogUnavailable(_)))));
-    assert!(matches!(log.append(b("b")).await, Err(Error::LogUnavailable(_))));
+    assert!(matches!(
+        log.append(b("b")).await,
+        Err(Error::LogUnavailable(_))
+    ));
     assert!(matches!(log.end().await, Err(Error::LogUnavailable(_))));
-    assert!(matches!(log.read_from(1).await.err(), Some(Error::LogUnavailable(_))));
+    assert!(matches!(
+        log.read_from(1).await.err(),
+        Some(Error::LogUnavailable(_))
+    ));
 
     log.set_unavailable(false);
     log.append(b("c")).await.unwrap();
@@ -565,7 +591,10 @@ async fn file_log_refuses_a_record_over_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let log = FileLog::open(dir.path().join("log")).unwrap();
     let huge = Bytes::from(vec![0u8; MAX_RECORD_BYTES + 1]);
-    assert!(matches!(log.append(huge).await, Err(Error::LogUnavailable(_))));
+    assert!(matches!(
+        log.append(huge).await,
+        Err(Error::LogUnavailable(_))
+    ));
     log.append(b("fine")).await.unwrap();
     assert_eq!(log.end().await.unwrap(), 1);
 }
@@ -605,7 +634,9 @@ async fn expiring_a_session_removes_its_ephemerals_and_fails_its_calls() {
     let lost = doomed.lost();
 
     assert!(coord.expire(doomed.id()));
-    tokio::time::timeout(WAIT, lost).await.expect("lost() resolves");
+    tokio::time::timeout(WAIT, lost)
+        .await
+        .expect("lost() resolves");
     tokio::time::timeout(WAIT, members_changed)
         .await
         .expect("other session's children watch fires");
@@ -613,13 +644,22 @@ async fn expiring_a_session_removes_its_ephemerals_and_fails_its_calls() {
         .await
         .expect("the expired session's own watch fires");
     assert_eq!(other.get(&member).await.unwrap(), None);
-    assert!(other.get("/kept").await.unwrap().is_some(), "persistent nodes stay");
-    assert!(matches!(doomed.get("/kept").await, Err(Error::SessionExpired)));
+    assert!(
+        other.get("/kept").await.unwrap().is_some(),
+        "persistent nodes stay"
+    );
+    assert!(matches!(
+        doomed.get("/kept").await,
+        Err(Error::SessionExpired)
+    ));
     assert!(matches!(
         doomed.create("/x", b(""), CreateMode::Persistent).await,
         Err(Error::SessionExpired)
     ));
-    assert!(doomed.lost().now_or_never().is_some(), "lost() of an ended session is ready");
+    assert!(
+        doomed.lost().now_or_never().is_some(),
+        "lost() of an ended session is ready"
+    );
     assert_eq!(coord.sessions(), vec![other.id()]);
     assert!(!coord.expire(doomed.id()));
 }
@@ -646,8 +686,14 @@ async fn unavailable_coordinator_refuses_calls_but_keeps_sessions() {
         coord.connect().await.err(),
         Some(Error::CoordinatorUnavailable(_))
     ));
-    assert!(matches!(s.get("/e").await, Err(Error::CoordinatorUnavailable(_))));
-    assert!(s.lost().now_or_never().is_none(), "an outage alone does not end a session");
+    assert!(matches!(
+        s.get("/e").await,
+        Err(Error::CoordinatorUnavailable(_))
+    ));
+    assert!(
+        s.lost().now_or_never().is_none(),
+        "an outage alone does not end a session"
+    );
     coord.set_unavailable(false);
     assert!(s.get("/e").await.unwrap().is_some());
 }
@@ -674,7 +720,12 @@ async fn sequence_counters_are_per_parent_and_shared_by_prefixes() {
         ]
     );
     // Deleting and recreating the parent does not reset its counter here.
-    for p in ["/a/x-0000000000", "/a/y-0000000001", "/a/x-0000000002", "/a"] {
+    for p in [
+        "/a/x-0000000000",
+        "/a/y-0000000001",
+        "/a/x-0000000002",
+        "/a",
+    ] {
         s.delete(p).await.unwrap();
     }
     let again = s
@@ -688,12 +739,16 @@ async fn sequence_counters_are_per_parent_and_shared_by_prefixes() {
 async fn zookeeper_refusals_are_kept() {
     let coord = MemCoordinator::new();
     let s = coord.connect().await.unwrap();
-    s.create("/p/c", b(""), CreateMode::Persistent).await.unwrap();
+    s.create("/p/c", b(""), CreateMode::Persistent)
+        .await
+        .unwrap();
     assert!(
         matches!(s.delete("/p").await, Err(Error::Adapter { .. })),
         "a node with children cannot be deleted"
     );
-    s.create("/eph", b(""), CreateMode::Ephemeral).await.unwrap();
+    s.create("/eph", b(""), CreateMode::Ephemeral)
+        .await
+        .unwrap();
     assert!(
         matches!(
             s.create("/eph/child", b(""), CreateMode::Persistent).await,
@@ -718,7 +773,9 @@ async fn a_watch_fires_at_most_once_and_only_for_its_path() {
     let coord = MemCoordinator::new();
     let s = coord.connect().await.unwrap();
     let (_, mut watch) = s.get_watch("/w").await.unwrap();
-    s.create("/other", b(""), CreateMode::Persistent).await.unwrap();
+    s.create("/other", b(""), CreateMode::Persistent)
+        .await
+        .unwrap();
     assert!((&mut watch).now_or_never().is_none(), "a change elsewhere");
     s.create("/w", b(""), CreateMode::Persistent).await.unwrap();
     assert!(watch.now_or_never().is_some());
@@ -739,7 +796,9 @@ async fn unused_watches_do_not_pile_up() {
     }
     // Nothing observable but memory; this pins that registering again after a drop works.
     let (_, watch) = s.get_watch("/polled").await.unwrap();
-    s.create("/polled", b(""), CreateMode::Persistent).await.unwrap();
+    s.create("/polled", b(""), CreateMode::Persistent)
+        .await
+        .unwrap();
     assert!(watch.now_or_never().is_some());
 }
 

@@ -193,7 +193,11 @@ async fn simulate(seed: u64) -> Result<String, String> {
                     let before = o.acked_index();
                     o.count_read();
                     if let Ok(answer) = o.read(random_read(&mut rng), false).await {
-                        history.lock().unwrap().reads.push((before, answer.applied_index));
+                        history
+                            .lock()
+                            .unwrap()
+                            .reads
+                            .push((before, answer.applied_index));
                     }
                 }
             }
@@ -208,8 +212,14 @@ async fn simulate(seed: u64) -> Result<String, String> {
         let fault = rng.gen_range(0..7);
         let o = Arc::clone(cluster.orchestrator());
         let what = match fault {
-            0 => format!("crash master: {:?}", o.crash_master().await.map_err(|e| e.to_string())),
-            1 => format!("crash slave: {:?}", o.crash_slave().await.map_err(|e| e.to_string())),
+            0 => format!(
+                "crash master: {:?}",
+                o.crash_master().await.map_err(|e| e.to_string())
+            ),
+            1 => format!(
+                "crash slave: {:?}",
+                o.crash_slave().await.map_err(|e| e.to_string())
+            ),
             2 => {
                 // A worker dies on its own: nobody deletes its nodes for it.
                 let workers = cluster.runtime.list().await.unwrap_or_default();
@@ -284,14 +294,19 @@ async fn simulate(seed: u64) -> Result<String, String> {
     // 3. Reads see every write acknowledged before they started.
     for (before, applied) in &history.reads {
         if applied < before {
-            return Err(format!("stale read: answered at index {applied}, {before} acked before"));
+            return Err(format!(
+                "stale read: answered at index {applied}, {before} acked before"
+            ));
         }
     }
     // 4. One acknowledging master per epoch.
     let mut per_epoch: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for (_, _, ack) in &history.writes {
         if let Some(ack) = ack {
-            per_epoch.entry(ack.epoch).or_default().insert(ack.worker.clone());
+            per_epoch
+                .entry(ack.epoch)
+                .or_default()
+                .insert(ack.worker.clone());
         }
     }
     if let Some((epoch, workers)) = per_epoch.iter().find(|(_, w)| w.len() > 1) {
@@ -311,7 +326,11 @@ async fn simulate(seed: u64) -> Result<String, String> {
             .read(ReadOp::Checksum, false)
             .await
             .map_err(|e| format!("checksum read once quiet: {e}"))?;
-        let ReadOutcome::Checksum { checksum, applied_index } = answer.outcome else {
+        let ReadOutcome::Checksum {
+            checksum,
+            applied_index,
+        } = answer.outcome
+        else {
             return Err("checksum read answered something else".into());
         };
         if applied_index >= reference.end && checksum != want {

@@ -9,7 +9,7 @@ use rideshare_core::clock::Zone;
 
 /// RideShare: a ride-pooling backend with its own small replicated database service.
 #[derive(Debug, Parser)]
-#[command(name = "rideshare", version, about, long_about = None)]
+#[command(name = "rideshare", version, about = "RideShare: a ride-pooling backend with its own small replicated database service.", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,6 +20,171 @@ pub enum Command {
     /// Run the whole system in one process (gateway, users, rides, orchestrator, workers) with
     /// nothing installed; data lives in --data-dir and survives restarts.
     Up(UpArgs),
+    /// The load balancer: `/api/v1/users*` to the users service, everything else to rides.
+    Gateway(GatewayArgs),
+    /// The users service (its database is the DBaaS, reached through the orchestrator).
+    Users(UsersArgs),
+    /// The rides service (checks users through the gateway).
+    Rides(RidesArgs),
+    /// The DBaaS orchestrator on the real engines: queues, membership, healing, scaling.
+    Orchestrator(OrchestratorArgs),
+    /// One DBaaS worker (master or slave) on the real engines; started by a runtime.
+    Worker(WorkerArgs),
+}
+
+/// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// RabbitMQ URL, e.g. `amqp://127.0.0.1:5672/%2f`.
+    #[arg(long, env = "RIDESHARE_AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// ZooKeeper connect string, e.g. `127.0.0.1:2181`.
+    #[arg(long, env = "RIDESHARE_ZK")]
+    pub zk: Option<String>,
+    /// ZooKeeper session timeout: how long a silent worker stays a member (failure detection).
+    #[arg(long, env = "RIDESHARE_ZK_SESSION_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
+    pub zk_session_timeout: Duration,
+    /// Name of the RabbitMQ stream that holds the write log.
+    #[arg(long, env = "RIDESHARE_LOG_STREAM", default_value = "rideshare.log")]
+    pub log_stream: String,
+}
+
+/// How the orchestrator starts workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Containers of the worker image on the local Docker engine.
+    Docker,
+    /// Child processes running `rideshare worker`.
+    Process,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Where workers run: `docker` or `process` (only with the real engines).
+    #[arg(long, env = "RIDESHARE_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+    /// Worker image (built locally by scripts/build-worker-image.sh).
+    #[arg(
+        long,
+        env = "RIDESHARE_WORKER_IMAGE",
+        default_value = "rideshare-worker:latest"
+    )]
+    pub worker_image: String,
+    /// Docker network mode of worker containers; `host` reaches engines on loopback.
+    #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = "host")]
+    pub docker_network: String,
+    /// Label value naming this cluster's worker containers.
+    #[arg(long, env = "RIDESHARE_CLUSTER", default_value = "rideshare")]
+    pub cluster: String,
+    /// The `rideshare` binary worker processes run (`--runtime process`); default: this one.
+    #[arg(long, env = "RIDESHARE_WORKER_PROGRAM")]
+    pub worker_program: Option<PathBuf>,
+    /// Directory workers keep their SQLite copies in (inside the container for docker).
+    #[arg(
+        long,
+        env = "RIDESHARE_WORKER_DATA_DIR",
+        default_value = "/tmp/rideshare-workers"
+    )]
+    pub worker_data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    #[arg(long, env = "RIDESHARE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Base URL of the users service.
+    #[arg(
+        long,
+        env = "RIDESHARE_USERS_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub users_url: String,
+    /// Base URL of the rides service.
+    #[arg(
+        long,
+        env = "RIDESHARE_RIDES_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub rides_url: String,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsersArgs {
+    #[arg(long, env = "RIDESHARE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Base URL of the DBaaS orchestrator.
+    #[arg(
+        long,
+        env = "RIDESHARE_ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
+    pub orchestrator_url: String,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RidesArgs {
+    #[arg(long, env = "RIDESHARE_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// Base URL of the DBaaS orchestrator.
+    #[arg(
+        long,
+        env = "RIDESHARE_ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
+    pub orchestrator_url: String,
+    /// Base URL of the gateway, through which users are checked.
+    #[arg(
+        long,
+        env = "RIDESHARE_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub gateway_url: String,
+    /// This service's public address, sent as `Origin` on the user check.
+    #[arg(
+        long,
+        env = "RIDESHARE_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub public_url: String,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OrchestratorArgs {
+    #[arg(long, env = "RIDESHARE_LISTEN", default_value = "127.0.0.1:8083")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// This worker's id (the runtime names it: container or process name).
+    #[arg(long, env = "RIDESHARE_WORKER_ID")]
+    pub id: String,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    /// Directory for this worker's SQLite copy (`<id>.db`), created if missing.
+    #[arg(
+        long,
+        env = "RIDESHARE_WORKER_DATA_DIR",
+        default_value = "/tmp/rideshare-workers"
+    )]
+    pub data_dir: PathBuf,
+    /// Stop when the parent process (the orchestrator that started this worker) is gone.
+    #[arg(long)]
+    pub exit_with_parent: bool,
 }
 
 /// Bounds and zone every HTTP service takes.
@@ -57,6 +222,11 @@ pub struct UpArgs {
     pub scaling: ScalingArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    /// The real engines; without them everything is embedded.
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// How the orchestrator scales read replicas.

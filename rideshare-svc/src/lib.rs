@@ -1,6 +1,9 @@
 //! The `rideshare` binary's library: command-line configuration, process wiring and (as the
 //! distributed mode grows) the adapters to the real engines. `main.rs` only parses and calls in.
 
+pub mod adapters;
 pub mod cli;
+pub mod engines;
+pub mod roles;
 pub mod serve;
 pub mod up;

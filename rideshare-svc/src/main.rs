@@ -2,6 +2,8 @@
 
 use clap::Parser;
 use rideshare_svc::cli::{Cli, Command};
+use rideshare_svc::serve::shutdown_signal;
+use rideshare_svc::{roles, up};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,9 +15,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_target(false)
         .init();
+    let shutdown = shutdown_signal();
     match cli.command {
-        Command::Up(args) => {
-            rideshare_svc::up::run(args, rideshare_svc::serve::shutdown_signal()).await
-        }
+        Command::Up(args) => up::run(args, shutdown).await,
+        Command::Gateway(args) => roles::gateway(args, shutdown).await,
+        Command::Users(args) => roles::users(args, shutdown).await,
+        Command::Rides(args) => roles::rides(args, shutdown).await,
+        Command::Orchestrator(args) => roles::orchestrator(args, shutdown).await,
+        Command::Worker(args) => roles::worker(args).await,
     }
 }

@@ -3,31 +3,32 @@
 //! Gateway, users, rides and the orchestrator serve HTTP; the DBaaS runs on the in-memory broker
 //! and coordinator, a log file in the data directory and task workers, each worker with its own
 //! SQLite file. The log file is the database: on restart every worker replays it.
+//!
+//! With `--amqp-url` and `--zk` the same processes run on the real engines instead: RabbitMQ
+//! queues and log stream, ZooKeeper, and workers as Docker containers or OS processes
+//! (`--runtime`). The workers are stopped when `up` stops; the data stays in the stream.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use rideshare_core::api::{
     gateway_router, rides_router, users_router, GatewayConfig, PasswordHashing, RidesConfig,
-    ServiceLimits,
 };
 use rideshare_core::clock::SystemClock;
 use rideshare_dbaas::client::OrchestratorDb;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
 use rideshare_dbaas::log::file::FileLog;
 use rideshare_dbaas::orchestrator::http::orchestrator_router;
-use rideshare_dbaas::orchestrator::OrchestratorConfig;
-use rideshare_dbaas::policy::ScalePolicy;
+use rideshare_dbaas::orchestrator::{Orchestrator, RunningOrchestrator};
+use rideshare_dbaas::runtime::Runtime;
 use tokio::sync::watch;
 
 use crate::cli::UpArgs;
+use crate::engines;
+use crate::roles::HOP_TIMEOUT;
 use crate::serve::{bind, run_until, spawn_server};
-
-/// Bound on one internal HTTP hop (gateway → service, rides → users, service → orchestrator).
-const HOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running `rideshare up`: where it listens, and how to stop it.
 pub struct Up {
@@ -35,7 +36,7 @@ pub struct Up {
     pub users: SocketAddr,
     pub rides: SocketAddr,
     pub orchestrator: SocketAddr,
-    cluster: EmbeddedCluster,
+    dbaas: Dbaas,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -44,13 +45,76 @@ impl Up {
     /// Serves until `shutdown` resolves (or a server fails), then stops everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let result = run_until(shutdown, self.stop, self.servers).await;
-        self.cluster.shutdown();
+        self.dbaas.shutdown().await;
         result
+    }
+
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        self.dbaas.orchestrator()
     }
 
     /// Stops everything now.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.run_until(async {}).await
+    }
+}
+
+/// The database service behind `up`: embedded, or an orchestrator on the real engines.
+enum Dbaas {
+    Embedded(EmbeddedCluster),
+    Real {
+        running: RunningOrchestrator,
+        runtime: Arc<dyn Runtime>,
+    },
+}
+
+impl Dbaas {
+    async fn start(args: &UpArgs) -> anyhow::Result<Self> {
+        let config = args.scaling.orchestrator_config();
+        if !args.engines.is_real() {
+            let log_path = args.data_dir.join("rideshare.log");
+            let log = FileLog::open(&log_path)
+                .with_context(|| format!("cannot open the write log {}", log_path.display()))?;
+            tracing::info!("write log in {}", log_path.display());
+            let cluster = EmbeddedCluster::start(
+                Arc::new(log),
+                EmbeddedConfig {
+                    stores: WorkerStores::SqliteDir(args.data_dir.join("workers")),
+                    orchestrator: config,
+                    ..EmbeddedConfig::default()
+                },
+            )
+            .await
+            .context("cannot start the database service")?;
+            return Ok(Dbaas::Embedded(cluster));
+        }
+        let engines = args.engines.connect().await?;
+        let runtime = engines::runtime(&args.engines, &args.runtime).await?;
+        let running = Orchestrator::start(config, engines.orchestrator_deps(Arc::clone(&runtime)))
+            .await
+            .context("cannot start the orchestrator")?;
+        Ok(Dbaas::Real { running, runtime })
+    }
+
+    fn orchestrator(&self) -> &Arc<Orchestrator> {
+        match self {
+            Dbaas::Embedded(cluster) => cluster.orchestrator(),
+            Dbaas::Real { running, .. } => &running.orchestrator,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Dbaas::Embedded(cluster) => cluster.shutdown(),
+            Dbaas::Real { running, runtime } => {
+                drop(running);
+                for worker in runtime.list().await.unwrap_or_default() {
+                    if let Err(e) = runtime.kill(&worker.id).await {
+                        tracing::warn!(id = %worker.id, error = %e, "could not stop a worker");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -65,14 +129,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
 pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let log_path = args.data_dir.join("rideshare.log");
-    let log = FileLog::open(&log_path).with_context(|| format!("cannot open the write log {}", log_path.display()))?;
-    tracing::info!("write log in {}", log_path.display());
 
-    let limits = ServiceLimits {
-        max_body_bytes: args.http.max_body_bytes,
-        request_timeout: args.http.request_timeout,
-    };
+    let limits = args.http.limits();
     // Bind everything first, so a taken port fails the start before anything serves.
     let gateway_listener = bind("gateway", args.gateway).await?;
     let users_listener = bind("users", args.users).await?;
@@ -83,23 +141,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     let rides_url = format!("http://{}", rides_listener.local_addr()?);
     let orchestrator_url = format!("http://{}", orchestrator_listener.local_addr()?);
 
-    let cluster = EmbeddedCluster::start(
-        Arc::new(log),
-        EmbeddedConfig {
-            stores: WorkerStores::SqliteDir(args.data_dir.join("workers")),
-            orchestrator: OrchestratorConfig {
-                scale_window: args.scaling.scale_interval,
-                policy: ScalePolicy {
-                    reads_per_slave: args.scaling.reads_per_slave,
-                    max_slaves: args.scaling.max_slaves,
-                },
-                ..OrchestratorConfig::default()
-            },
-            ..EmbeddedConfig::default()
-        },
-    )
-    .await
-    .context("cannot start the database service")?;
+    let dbaas = Dbaas::start(&args).await?;
 
     let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT);
     let users = users_router(db.clone(), PasswordHashing::default(), limits);
@@ -121,7 +163,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         },
         limits,
     );
-    let orchestrator = orchestrator_router(Arc::clone(cluster.orchestrator()), limits);
+    let orchestrator = orchestrator_router(Arc::clone(dbaas.orchestrator()), limits);
 
     let addrs = (
         gateway_listener.local_addr()?,
@@ -141,7 +183,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         users: addrs.1,
         rides: addrs.2,
         orchestrator: addrs.3,
-        cluster,
+        dbaas,
         stop,
         servers,
     })

@@ -230,14 +230,18 @@ impl MemBroker {
 
     /// Messages of `name` delivered to consumers and not yet settled; 0 if absent.
     pub fn unacked(&self, name: &str) -> usize {
-        self.lock().queues.get(name).map_or(0, |q| {
-            q.consumers.values().map(|c| c.unacked.len()).sum()
-        })
+        self.lock()
+            .queues
+            .get(name)
+            .map_or(0, |q| q.consumers.values().map(|c| c.unacked.len()).sum())
     }
 
     /// Consumers currently subscribed to `name`; 0 if absent.
     pub fn consumer_count(&self, name: &str) -> usize {
-        self.lock().queues.get(name).map_or(0, |q| q.consumers.len())
+        self.lock()
+            .queues
+            .get(name)
+            .map_or(0, |q| q.consumers.len())
     }
 
     /// Declared queue names, sorted.
@@ -247,7 +251,9 @@ impl MemBroker {
 
     fn check_available(state: &State) -> Result<()> {
         if state.unavailable {
-            Err(Error::BrokerUnavailable("in-memory broker set unavailable".into()))
+            Err(Error::BrokerUnavailable(
+                "in-memory broker set unavailable".into(),
+            ))
         } else {
             Ok(())
         }

@@ -21,15 +21,17 @@ where
         ("round_trip_keeps_correlation_id_and_reply_to", |b| {
             round_trip_keeps_correlation_id_and_reply_to(b).boxed()
         }),
-        ("competing_consumers_get_distinct_messages_and_all_are_delivered", |b| {
-            competing_consumers_get_distinct_messages_and_all_are_delivered(b).boxed()
-        }),
+        (
+            "competing_consumers_get_distinct_messages_and_all_are_delivered",
+            |b| competing_consumers_get_distinct_messages_and_all_are_delivered(b).boxed(),
+        ),
         ("consumer_holds_at_most_prefetch_unacked", |b| {
             consumer_holds_at_most_prefetch_unacked(b).boxed()
         }),
-        ("unacked_messages_are_redelivered_after_consumer_drops", |b| {
-            unacked_messages_are_redelivered_after_consumer_drops(b).boxed()
-        }),
+        (
+            "unacked_messages_are_redelivered_after_consumer_drops",
+            |b| unacked_messages_are_redelivered_after_consumer_drops(b).boxed(),
+        ),
         ("nack_with_requeue_redelivers", |b| {
             nack_with_requeue_redelivers(b).boxed()
         }),
@@ -64,11 +66,17 @@ async fn publish(broker: &impl Broker, queue: &str, text: impl Into<String>) -> 
     let text = text.into();
     ok(
         format!("publish {text:?} to {queue}"),
-        broker.publish(queue, Message::new(body(text.clone()))).await,
+        broker
+            .publish(queue, Message::new(body(text.clone())))
+            .await,
     )
 }
 
-async fn consume(broker: &impl Broker, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, String> {
+async fn consume(
+    broker: &impl Broker,
+    queue: &str,
+    prefetch: u16,
+) -> Result<Box<dyn Consumer>, String> {
     ok(
         format!("consume {queue} with prefetch {prefetch}"),
         broker.consume(queue, prefetch).await,
@@ -101,7 +109,10 @@ async fn ack(delivery: &Delivery) -> CaseResult {
 async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> CaseResult {
     let requests = declared(&broker, "requests").await?;
     let replies = unique("replies");
-    ok("declare_exclusive", broker.declare_exclusive(&replies).await)?;
+    ok(
+        "declare_exclusive",
+        broker.declare_exclusive(&replies).await,
+    )?;
     let mut server = consume(&broker, &requests, 1).await?;
     let mut client = consume(&broker, &replies, 1).await?;
 
@@ -110,7 +121,10 @@ async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> C
         correlation_id: Some("corr-1".into()),
         reply_to: Some(replies.clone()),
     };
-    ok("publish request", broker.publish(&requests, request.clone()).await)?;
+    ok(
+        "publish request",
+        broker.publish(&requests, request.clone()).await,
+    )?;
     let got = recv(&mut server, "request").await?;
     check_eq!(got.message, request, "request as delivered");
     check!(!got.redelivered, "first delivery marked redelivered");
@@ -125,7 +139,10 @@ async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> C
         correlation_id: got.message.correlation_id.clone(),
         reply_to: None,
     };
-    ok("publish reply", broker.publish(&reply_to, reply.clone()).await)?;
+    ok(
+        "publish reply",
+        broker.publish(&reply_to, reply.clone()).await,
+    )?;
     ack(&got).await?;
     let answer = recv(&mut client, "reply").await?;
     check_eq!(answer.message, reply, "reply as delivered");
@@ -137,7 +154,11 @@ async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> C
         broker.publish(&requests, Message::new(body("bare"))).await,
     )?;
     let bare = recv(&mut server, "bare request").await?;
-    check_eq!(bare.message, Message::new(body("bare")), "bare message as delivered");
+    check_eq!(
+        bare.message,
+        Message::new(body("bare")),
+        "bare message as delivered"
+    );
     ack(&bare).await
 }
 
@@ -211,7 +232,10 @@ async fn consumer_holds_at_most_prefetch_unacked<B: Broker>(broker: B) -> CaseRe
         ack(&d).await?;
     }
     let held: BTreeSet<String> = [text(&first), text(&second)].into();
-    check!(held.is_disjoint(&rest), "held {held:?} also delivered in {rest:?}");
+    check!(
+        held.is_disjoint(&rest),
+        "held {held:?} also delivered in {rest:?}"
+    );
     check_eq!(held.len() + rest.len(), 5, "distinct messages delivered");
     drop(other);
 
@@ -236,7 +260,11 @@ async fn unacked_messages_are_redelivered_after_consumer_drops<B: Broker>(broker
     let mut held = BTreeSet::new();
     for n in 0..3 {
         let d = recv(&mut first, &format!("first delivery {}", n + 1)).await?;
-        check!(!d.redelivered, "first delivery of {:?} marked redelivered", text(&d));
+        check!(
+            !d.redelivered,
+            "first delivery of {:?} marked redelivered",
+            text(&d)
+        );
         held.insert(text(&d));
         // Deliveries are dropped unsettled: the consumer going away must requeue them.
     }
@@ -246,7 +274,11 @@ async fn unacked_messages_are_redelivered_after_consumer_drops<B: Broker>(broker
     let mut again = BTreeSet::new();
     for n in 0..3 {
         let d = recv(&mut second, &format!("redelivery {}", n + 1)).await?;
-        check!(d.redelivered, "redelivery of {:?} not marked redelivered", text(&d));
+        check!(
+            d.redelivered,
+            "redelivery of {:?} not marked redelivered",
+            text(&d)
+        );
         again.insert(text(&d));
         ack(&d).await?;
     }
@@ -275,7 +307,11 @@ async fn nack_without_requeue_discards<B: Broker>(broker: B) -> CaseResult {
     ok("nack(no requeue)", first.nack(false).await)?;
     publish(&broker, &queue, "next").await?;
     let next = recv(&mut consumer, "delivery after nack(no requeue)").await?;
-    check_eq!(text(&next), "next".to_owned(), "delivery after a discarding nack");
+    check_eq!(
+        text(&next),
+        "next".to_owned(),
+        "delivery after a discarding nack"
+    );
     ack(&next).await?;
     expect_quiet(&mut consumer, "delivery of the discarded message").await
 }
@@ -292,7 +328,11 @@ async fn acked_messages_are_not_redelivered<B: Broker>(broker: B) -> CaseResult 
     publish(&broker, &queue, "fresh").await?;
     let mut second = consume(&broker, &queue, 1).await?;
     let next = recv(&mut second, "delivery to the second consumer").await?;
-    check_eq!(text(&next), "fresh".to_owned(), "first delivery to the second consumer");
+    check_eq!(
+        text(&next),
+        "fresh".to_owned(),
+        "first delivery to the second consumer"
+    );
     check!(!next.redelivered, "fresh message marked redelivered");
     ack(&next).await?;
     expect_quiet(&mut second, "redelivery of an acked message").await

@@ -18,7 +18,9 @@ where
     Fut: Future<Output = C>,
 {
     let cases: Vec<Case<C>> = vec![
-        ("create_get_set_delete", |c| create_get_set_delete(c).boxed()),
+        ("create_get_set_delete", |c| {
+            create_get_set_delete(c).boxed()
+        }),
         ("create_of_an_existing_path_fails_with_node_exists", |c| {
             create_of_an_existing_path_fails_with_node_exists(c).boxed()
         }),
@@ -31,9 +33,10 @@ where
         ("missing_nodes_fail_set_and_delete_with_no_node", |c| {
             missing_nodes_fail_set_and_delete_with_no_node(c).boxed()
         }),
-        ("sequential_suffixes_increase_and_children_are_sorted", |c| {
-            sequential_suffixes_increase_and_children_are_sorted(c).boxed()
-        }),
+        (
+            "sequential_suffixes_increase_and_children_are_sorted",
+            |c| sequential_suffixes_increase_and_children_are_sorted(c).boxed(),
+        ),
         ("sequential_suffixes_are_never_reused", |c| {
             sequential_suffixes_are_never_reused(c).boxed()
         }),
@@ -43,9 +46,15 @@ where
         ("ephemeral_nodes_vanish_when_their_session_closes", |c| {
             ephemeral_nodes_vanish_when_their_session_closes(c).boxed()
         }),
-        ("get_watch_fires_on_create", |c| get_watch_fires_on_create(c).boxed()),
-        ("get_watch_fires_on_set", |c| get_watch_fires_on_set(c).boxed()),
-        ("get_watch_fires_on_delete", |c| get_watch_fires_on_delete(c).boxed()),
+        ("get_watch_fires_on_create", |c| {
+            get_watch_fires_on_create(c).boxed()
+        }),
+        ("get_watch_fires_on_set", |c| {
+            get_watch_fires_on_set(c).boxed()
+        }),
+        ("get_watch_fires_on_delete", |c| {
+            get_watch_fires_on_delete(c).boxed()
+        }),
         ("another_session_can_delete_an_ephemeral_node", |c| {
             another_session_can_delete_an_ephemeral_node(c).boxed()
         }),
@@ -69,7 +78,12 @@ fn root() -> String {
     format!("/{}", unique("conformance"))
 }
 
-async fn create(session: &dyn Session, path: &str, text: &str, mode: CreateMode) -> Result<String, String> {
+async fn create(
+    session: &dyn Session,
+    path: &str,
+    text: &str,
+    mode: CreateMode,
+) -> Result<String, String> {
     ok(
         format!("create {path} ({mode:?})"),
         session.create(path, data(text), mode).await,
@@ -97,11 +111,23 @@ async fn create_get_set_delete<C: Coordinator>(coord: C) -> CaseResult {
     let path = format!("{}/node", root());
     let created = create(&*s, &path, "v0", CreateMode::Persistent).await?;
     check_eq!(created, path, "path returned by a non-sequential create");
-    check_eq!(get(&*s, &path).await?, Some((data("v0"), 0)), "node after create");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v0"), 0)),
+        "node after create"
+    );
     ok("set", s.set(&path, data("v1"), None).await)?;
-    check_eq!(get(&*s, &path).await?, Some((data("v1"), 1)), "node after set");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v1"), 1)),
+        "node after set"
+    );
     ok("set at version 1", s.set(&path, data("v2"), Some(1)).await)?;
-    check_eq!(get(&*s, &path).await?, Some((data("v2"), 2)), "node after versioned set");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v2"), 2)),
+        "node after versioned set"
+    );
     ok("delete", s.delete(&path).await)?;
     check_eq!(get(&*s, &path).await?, None, "deleted node");
     Ok(())
@@ -114,10 +140,18 @@ async fn create_of_an_existing_path_fails_with_node_exists<C: Coordinator>(coord
     for mode in [CreateMode::Persistent, CreateMode::Ephemeral] {
         match s.create(&path, data("second"), mode).await {
             Err(Error::NodeExists(_)) => {}
-            other => return Err(format!("second create ({mode:?}): expected NodeExists, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "second create ({mode:?}): expected NodeExists, got {other:?}"
+                ))
+            }
         }
     }
-    check_eq!(get(&*s, &path).await?, Some((data("first"), 0)), "node after a failed create");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("first"), 0)),
+        "node after a failed create"
+    );
     Ok(())
 }
 
@@ -156,9 +190,17 @@ async fn set_at_a_stale_version_fails_with_bad_version<C: Coordinator>(coord: C)
     ok("set at version 0", s.set(&path, data("v1"), Some(0)).await)?;
     match s.set(&path, data("stale"), Some(0)).await {
         Err(Error::BadVersion(_)) => {}
-        other => return Err(format!("set at stale version 0: expected BadVersion, got {other:?}")),
+        other => {
+            return Err(format!(
+                "set at stale version 0: expected BadVersion, got {other:?}"
+            ))
+        }
     }
-    check_eq!(get(&*s, &path).await?, Some((data("v1"), 1)), "node after a refused set");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v1"), 1)),
+        "node after a refused set"
+    );
     Ok(())
 }
 
@@ -166,14 +208,26 @@ async fn missing_nodes_fail_set_and_delete_with_no_node<C: Coordinator>(coord: C
     let s = connect(&coord).await?;
     let path = format!("{}/absent", root());
     check_eq!(get(&*s, &path).await?, None, "absent node");
-    check_eq!(children(&*s, &path).await?, Vec::<String>::new(), "children of an absent node");
+    check_eq!(
+        children(&*s, &path).await?,
+        Vec::<String>::new(),
+        "children of an absent node"
+    );
     match s.set(&path, data("x"), None).await {
         Err(Error::NoNode(_)) => {}
-        other => return Err(format!("set of an absent node: expected NoNode, got {other:?}")),
+        other => {
+            return Err(format!(
+                "set of an absent node: expected NoNode, got {other:?}"
+            ))
+        }
     }
     match s.delete(&path).await {
         Err(Error::NoNode(_)) => {}
-        other => return Err(format!("delete of an absent node: expected NoNode, got {other:?}")),
+        other => {
+            return Err(format!(
+                "delete of an absent node: expected NoNode, got {other:?}"
+            ))
+        }
     }
     Ok(())
 }
@@ -190,7 +244,9 @@ fn suffix(path: &str, prefix: &str) -> Result<u64, String> {
     digits.parse().map_err(|e| format!("{path}: {e}"))
 }
 
-async fn sequential_suffixes_increase_and_children_are_sorted<C: Coordinator>(coord: C) -> CaseResult {
+async fn sequential_suffixes_increase_and_children_are_sorted<C: Coordinator>(
+    coord: C,
+) -> CaseResult {
     let s = connect(&coord).await?;
     let parent = format!("{}/members", root());
     let prefix = format!("{parent}/w-");
@@ -209,15 +265,26 @@ async fn sequential_suffixes_increase_and_children_are_sorted<C: Coordinator>(co
     let mut last = None;
     for path in &paths {
         let n = suffix(path, &prefix)?;
-        check!(last.is_none_or(|l| n > l), "suffixes not increasing: {paths:?}");
+        check!(
+            last.is_none_or(|l| n > l),
+            "suffixes not increasing: {paths:?}"
+        );
         last = Some(n);
     }
     let names: Vec<String> = paths
         .iter()
         .map(|p| p.rsplit('/').next().unwrap_or_default().to_owned())
         .collect();
-    check_eq!(children(&*s, &parent).await?, names, "children (sorted, as created)");
-    check_eq!(get(&*s, &paths[2]).await?, Some((data("m2"), 0)), "a sequential node's data");
+    check_eq!(
+        children(&*s, &parent).await?,
+        names,
+        "children (sorted, as created)"
+    );
+    check_eq!(
+        get(&*s, &paths[2]).await?,
+        Some((data("m2"), 0)),
+        "a sequential node's data"
+    );
     Ok(())
 }
 
@@ -228,8 +295,15 @@ async fn sequential_suffixes_are_never_reused<C: Coordinator>(coord: C) -> CaseR
     let second = create(&*s, &prefix, "", CreateMode::PersistentSequential).await?;
     ok("delete the last sequential node", s.delete(&second).await)?;
     let third = create(&*s, &prefix, "", CreateMode::PersistentSequential).await?;
-    let (a, b, c) = (suffix(&first, &prefix)?, suffix(&second, &prefix)?, suffix(&third, &prefix)?);
-    check!(a < b && b < c, "suffix reused or not increasing: {first}, {second}, then {third}");
+    let (a, b, c) = (
+        suffix(&first, &prefix)?,
+        suffix(&second, &prefix)?,
+        suffix(&third, &prefix)?,
+    );
+    check!(
+        a < b && b < c,
+        "suffix reused or not increasing: {first}, {second}, then {third}"
+    );
     Ok(())
 }
 
@@ -239,12 +313,25 @@ async fn missing_parents_are_created_persistent<C: Coordinator>(coord: C) -> Cas
     let base = root();
     let path = format!("{base}/a/b/leaf");
     create(&*owner, &path, "leaf", CreateMode::Ephemeral).await?;
-    check!(get(&*observer, &format!("{base}/a")).await?.is_some(), "parent {base}/a not created");
-    check!(get(&*observer, &format!("{base}/a/b")).await?.is_some(), "parent {base}/a/b not created");
-    let (_, gone) = ok("children_watch", observer.children_watch(&format!("{base}/a/b")).await)?;
+    check!(
+        get(&*observer, &format!("{base}/a")).await?.is_some(),
+        "parent {base}/a not created"
+    );
+    check!(
+        get(&*observer, &format!("{base}/a/b")).await?.is_some(),
+        "parent {base}/a/b not created"
+    );
+    let (_, gone) = ok(
+        "children_watch",
+        observer.children_watch(&format!("{base}/a/b")).await,
+    )?;
     drop(owner);
     within("children watch after the owner closed", gone).await?;
-    check_eq!(get(&*observer, &path).await?, None, "ephemeral leaf after its session closed");
+    check_eq!(
+        get(&*observer, &path).await?,
+        None,
+        "ephemeral leaf after its session closed"
+    );
     check!(
         get(&*observer, &format!("{base}/a/b")).await?.is_some(),
         "auto-created parent {base}/a/b vanished with the session"
@@ -256,15 +343,35 @@ async fn ephemeral_nodes_vanish_when_their_session_closes<C: Coordinator>(coord:
     let member = connect(&coord).await?;
     let watcher = connect(&coord).await?;
     let parent = format!("{}/members", root());
-    let mine = create(&*member, &format!("{parent}/w-"), "me", CreateMode::EphemeralSequential).await?;
-    create(&*watcher, &format!("{parent}/keeper"), "", CreateMode::Persistent).await?;
+    let mine = create(
+        &*member,
+        &format!("{parent}/w-"),
+        "me",
+        CreateMode::EphemeralSequential,
+    )
+    .await?;
+    create(
+        &*watcher,
+        &format!("{parent}/keeper"),
+        "",
+        CreateMode::Persistent,
+    )
+    .await?;
     let (before, mut watch) = ok("children_watch", watcher.children_watch(&parent).await)?;
     check_eq!(before.len(), 2, "children before the member left");
     expect_not_fired(&mut watch, "children watch").await?;
     drop(member);
     within("children watch after the member's session closed", watch).await?;
-    check_eq!(get(&*watcher, &mine).await?, None, "ephemeral node after its session closed");
-    check_eq!(children(&*watcher, &parent).await?, vec!["keeper".to_owned()], "children after");
+    check_eq!(
+        get(&*watcher, &mine).await?,
+        None,
+        "ephemeral node after its session closed"
+    );
+    check_eq!(
+        children(&*watcher, &parent).await?,
+        vec!["keeper".to_owned()],
+        "children after"
+    );
     Ok(())
 }
 
@@ -277,7 +384,11 @@ async fn get_watch_fires_on_create<C: Coordinator>(coord: C) -> CaseResult {
     expect_not_fired(&mut watch, "get_watch on an absent node").await?;
     create(&*other, &path, "born", CreateMode::Persistent).await?;
     within("get_watch after create", watch).await?;
-    check_eq!(get(&*s, &path).await?, Some((data("born"), 0)), "node after the watch fired");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("born"), 0)),
+        "node after the watch fired"
+    );
     Ok(())
 }
 
@@ -291,7 +402,11 @@ async fn get_watch_fires_on_set<C: Coordinator>(coord: C) -> CaseResult {
     expect_not_fired(&mut watch, "get_watch on an unchanged node").await?;
     ok("set", other.set(&path, data("v1"), Some(0)).await)?;
     within("get_watch after set", watch).await?;
-    check_eq!(get(&*s, &path).await?, Some((data("v1"), 1)), "node after the watch fired");
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v1"), 1)),
+        "node after the watch fired"
+    );
     Ok(())
 }
 
@@ -314,7 +429,11 @@ async fn another_session_can_delete_an_ephemeral_node<C: Coordinator>(coord: C) 
     let path = format!("{}/stale-member", root());
     create(&*owner, &path, "x", CreateMode::Ephemeral).await?;
     ok("delete by another session", other.delete(&path).await)?;
-    check_eq!(get(&*owner, &path).await?, None, "ephemeral node deleted by another session");
+    check_eq!(
+        get(&*owner, &path).await?,
+        None,
+        "ephemeral node deleted by another session"
+    );
     // Its owner can create it again: nothing of the old node lingers.
     create(&*owner, &path, "y", CreateMode::Ephemeral).await?;
     Ok(())

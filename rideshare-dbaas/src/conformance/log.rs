@@ -23,20 +23,25 @@ where
         ("read_from_one_yields_every_entry_in_order", |l| {
             read_from_one_yields_every_entry_in_order(l).boxed()
         }),
-        ("read_from_k_starts_at_k", |l| read_from_k_starts_at_k(l).boxed()),
+        ("read_from_k_starts_at_k", |l| {
+            read_from_k_starts_at_k(l).boxed()
+        }),
         ("reader_waiting_at_the_tail_gets_a_later_append", |l| {
             reader_waiting_at_the_tail_gets_a_later_append(l).boxed()
         }),
-        ("end_is_the_last_index", |l| end_is_the_last_index(l).boxed()),
+        ("end_is_the_last_index", |l| {
+            end_is_the_last_index(l).boxed()
+        }),
         ("concurrent_appends_each_appear_exactly_once", |l| {
             concurrent_appends_each_appear_exactly_once(l).boxed()
         }),
         ("pipelined_appends_keep_call_order", |l| {
             pipelined_appends_keep_call_order(l).boxed()
         }),
-        ("readers_following_the_tail_see_one_order_without_gaps", |l| {
-            readers_following_the_tail_see_one_order_without_gaps(l).boxed()
-        }),
+        (
+            "readers_following_the_tail_see_one_order_without_gaps",
+            |l| readers_following_the_tail_see_one_order_without_gaps(l).boxed(),
+        ),
     ];
     run_suite("log", make, cases).await
 }
@@ -47,7 +52,10 @@ fn entry(text: impl Into<String>) -> Bytes {
 
 async fn append(log: &impl Log, text: impl Into<String>) -> CaseResult {
     let text = text.into();
-    ok(format!("append {text:?}"), log.append(entry(text.clone())).await)
+    ok(
+        format!("append {text:?}"),
+        log.append(entry(text.clone())).await,
+    )
 }
 
 async fn reader(log: &impl Log, from: u64) -> Result<Box<dyn LogReader>, String> {
@@ -107,7 +115,10 @@ async fn reader_waiting_at_the_tail_gets_a_later_append<L: Log>(log: L) -> CaseR
     });
     // Let the reader reach the tail and wait there before the append.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    check!(!waiting.is_finished(), "reader returned before entry 3 was appended");
+    check!(
+        !waiting.is_finished(),
+        "reader returned before entry 3 was appended"
+    );
     append(&log, "e3").await?;
     let (mut r, record) = waiting.await.map_err(|e| format!("reader task: {e}"))?;
     let record = record?;
@@ -126,7 +137,11 @@ async fn reader_waiting_at_the_tail_gets_a_later_append<L: Log>(log: L) -> CaseR
 }
 
 async fn end_is_the_last_index<L: Log>(log: L) -> CaseResult {
-    check_eq!(ok("end of an empty log", log.end().await)?, 0, "end of an empty log");
+    check_eq!(
+        ok("end of an empty log", log.end().await)?,
+        0,
+        "end of an empty log"
+    );
     for i in 1..=3u64 {
         append(&log, format!("e{i}")).await?;
         check_eq!(ok("end", log.end().await)?, i, "end after {i} appends");
@@ -149,7 +164,11 @@ async fn concurrent_appends_each_appear_exactly_once<L: Log>(log: L) -> CaseResu
             .map_err(|e| format!("append task c{i}: {e}"))?;
         ok(format!("append c{i}"), result)?;
     }
-    check_eq!(ok("end", log.end().await)?, COUNT, "end after {COUNT} appends");
+    check_eq!(
+        ok("end", log.end().await)?,
+        COUNT,
+        "end after {COUNT} appends"
+    );
     let mut r = reader(&*log, 1).await?;
     let mut seen = vec![false; COUNT as usize];
     for index in 1..=COUNT {
@@ -170,7 +189,9 @@ async fn concurrent_appends_each_appear_exactly_once<L: Log>(log: L) -> CaseResu
 async fn pipelined_appends_keep_call_order<L: Log>(log: L) -> CaseResult {
     const COUNT: u64 = 50;
     // Created in order, then awaited together: the appends overlap in flight.
-    let appends: Vec<_> = (1..=COUNT).map(|i| log.append(entry(format!("p{i}")))).collect();
+    let appends: Vec<_> = (1..=COUNT)
+        .map(|i| log.append(entry(format!("p{i}"))))
+        .collect();
     for (i, result) in within("pipelined appends", futures::future::join_all(appends))
         .await?
         .into_iter()
@@ -181,7 +202,11 @@ async fn pipelined_appends_keep_call_order<L: Log>(log: L) -> CaseResult {
     let mut r = reader(&log, 1).await?;
     for i in 1..=COUNT {
         let record = next(&mut r, &format!("entry {i}")).await?;
-        check_eq!(record.data, entry(format!("p{i}")), "entry {i} of a pipelined run");
+        check_eq!(
+            record.data,
+            entry(format!("p{i}")),
+            "entry {i} of a pipelined run"
+        );
     }
     Ok(())
 }
@@ -234,7 +259,10 @@ async fn readers_following_the_tail_see_one_order_without_gaps<L: Log>(log: L) -
     check!(orders[0] == orders[1], "two readers saw different orders");
     for w in 0..WRITERS {
         let prefix = format!("w{w}-");
-        let mine: Vec<&Bytes> = orders[0].iter().filter(|d| d.starts_with(prefix.as_bytes())).collect();
+        let mine: Vec<&Bytes> = orders[0]
+            .iter()
+            .filter(|d| d.starts_with(prefix.as_bytes()))
+            .collect();
         let want: Vec<Bytes> = (0..EACH).map(|i| entry(format!("w{w}-{i:02}"))).collect();
         check!(
             mine.len() == want.len() && mine.iter().zip(&want).all(|(a, b)| *a == b),

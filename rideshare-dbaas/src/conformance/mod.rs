@@ -93,7 +93,11 @@ pub(crate) type Case<T> = (&'static str, fn(T) -> BoxFuture<'static, CaseResult>
 
 /// Runs each case on a fresh subject from `make`, in its own task (so a panic fails that case
 /// only), within [`CASE_LIMIT`].
-pub(crate) async fn run_suite<T, F, Fut>(suite: &'static str, make: F, cases: Vec<Case<T>>) -> Report
+pub(crate) async fn run_suite<T, F, Fut>(
+    suite: &'static str,
+    make: F,
+    cases: Vec<Case<T>>,
+) -> Report
 where
     T: Send + 'static,
     F: Fn() -> Fut,
@@ -141,7 +145,10 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 /// Waits up to [`WAIT`] for `fut`; `what` names it in the failure.
-pub(crate) async fn within<T>(what: impl fmt::Display, fut: impl Future<Output = T>) -> Result<T, String> {
+pub(crate) async fn within<T>(
+    what: impl fmt::Display,
+    fut: impl Future<Output = T>,
+) -> Result<T, String> {
     tokio::time::timeout(WAIT, fut)
         .await
         .map_err(|_| format!("{what}: nothing within {WAIT:?}"))

@@ -165,7 +165,9 @@ fn name_of(path: &str) -> &str {
 
 fn check_path(path: &str) -> Result<()> {
     let valid = path == "/"
-        || (path.starts_with('/') && !path.ends_with('/') && !path[1..].split('/').any(str::is_empty));
+        || (path.starts_with('/')
+            && !path.ends_with('/')
+            && !path[1..].split('/').any(str::is_empty));
     if valid {
         Ok(())
     } else {
@@ -339,8 +341,9 @@ impl State {
             self.remove(&path);
         }
         for watchers in self.watches.values_mut() {
-            let (ours, others): (Vec<Watcher>, Vec<Watcher>) =
-                std::mem::take(watchers).into_iter().partition(|w| w.session == id);
+            let (ours, others): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(watchers)
+                .into_iter()
+                .partition(|w| w.session == id);
             *watchers = others;
             for w in ours {
                 let _ = w.fire.send(());

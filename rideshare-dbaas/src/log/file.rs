@@ -196,10 +196,7 @@ impl Shared {
         if run.is_err() {
             let mut queue = self.queue();
             queue.flushing = false;
-            queue.broken = Some(format!(
-                "log file {} flusher panicked",
-                self.path.display()
-            ));
+            queue.broken = Some(format!("log file {} flusher panicked", self.path.display()));
             // Dropping their senders fails the waiting appends.
             queue.pending.clear();
         }
@@ -272,7 +269,10 @@ impl Shared {
 #[async_trait]
 impl Log for FileLog {
     // Written out rather than `async fn` so the append is queued, and ordered, when called.
-    fn append<'life0, 'async_trait>(&'life0 self, data: Bytes) -> BoxFuture<'async_trait, Result<()>>
+    fn append<'life0, 'async_trait>(
+        &'life0 self,
+        data: Bytes,
+    ) -> BoxFuture<'async_trait, Result<()>>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
@@ -285,13 +285,20 @@ impl Log for FileLog {
         }
         let runtime = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => runtime,
-            Err(e) => return Box::pin(std::future::ready(Err(Error::adapter("appending to log file outside a tokio runtime", e)))),
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(Error::adapter(
+                    "appending to log file outside a tokio runtime",
+                    e,
+                ))))
+            }
         };
         let (done, confirmed) = oneshot::channel();
         {
             let mut queue = self.shared.queue();
             if let Some(reason) = &queue.broken {
-                return Box::pin(std::future::ready(Err(Error::LogUnavailable(reason.clone()))));
+                return Box::pin(std::future::ready(Err(Error::LogUnavailable(
+                    reason.clone(),
+                ))));
             }
             queue.pending.push_back(Pending { data, done });
             if !queue.flushing {

@@ -161,7 +161,10 @@ impl Shared {
 #[async_trait]
 impl Log for MemLog {
     // Written out rather than `async fn` so the append is ordered when called (see module doc).
-    fn append<'life0, 'async_trait>(&'life0 self, data: Bytes) -> BoxFuture<'async_trait, Result<()>>
+    fn append<'life0, 'async_trait>(
+        &'life0 self,
+        data: Bytes,
+    ) -> BoxFuture<'async_trait, Result<()>>
     where
         'life0: 'async_trait,
         Self: 'async_trait,

@@ -29,7 +29,10 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
         .route("/api/v1/crash/master", post(crash_master))
         .route("/api/v1/crash/slave", post(crash_slave))
         .route("/api/v1/worker/list", get(worker_list))
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .fallback(not_found)
         .with_state(orchestrator);
     limits.apply(router)
@@ -41,7 +44,8 @@ fn unavailable(e: Error) -> ApiError {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Option<&Value>, what: &str) -> Result<T, ApiError> {
-    let value = value.ok_or_else(|| ApiError::bad_request(format!("field \"op\" is missing ({what})")))?;
+    let value =
+        value.ok_or_else(|| ApiError::bad_request(format!("field \"op\" is missing ({what})")))?;
     serde_json::from_value(value.clone())
         .map_err(|e| ApiError::bad_request(format!("bad {what} operation: {e}")))
 }
@@ -83,8 +87,13 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
 async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     match o.write(RequestId::random(), WriteOp::ClearAll).await {
         Ok(ack) if ack.outcome == WriteOutcome::Done => Ok(empty(StatusCode::OK)),
-        Ok(ack) => Err(ApiError::bad_request(format!("could not clear: {:?}", ack.outcome))),
-        Err(e) => Err(ApiError::bad_request(format!("could not clear the database: {e}"))),
+        Ok(ack) => Err(ApiError::bad_request(format!(
+            "could not clear: {:?}",
+            ack.outcome
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not clear the database: {e}"
+        ))),
     }
 }
 

@@ -126,11 +126,15 @@ pub struct RunningOrchestrator {
 
 impl Orchestrator {
     /// Rebuilds state from the coordinator and the log, then starts supervising and scaling.
-    pub async fn start(config: OrchestratorConfig, deps: OrchestratorDeps) -> Result<RunningOrchestrator> {
+    pub async fn start(
+        config: OrchestratorConfig,
+        deps: OrchestratorDeps,
+    ) -> Result<RunningOrchestrator> {
         let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
         deps.broker.declare(WRITE_QUEUE).await?;
         deps.broker.declare(READ_QUEUE).await?;
-        let rpc = RpcClient::start(Arc::clone(&deps.broker), &config.name, config.max_in_flight).await?;
+        let rpc =
+            RpcClient::start(Arc::clone(&deps.broker), &config.name, config.max_in_flight).await?;
         // Anything in the log may have been acknowledged by an earlier orchestrator.
         let acked = deps.log.end().await?;
         let target = match session.get(SCALE).await? {
@@ -437,7 +441,11 @@ impl Orchestrator {
         let data = encode(&ScaleRecord { slaves });
         match self.session().set(SCALE, data.clone(), None).await {
             Err(Error::NoNode(_)) => {
-                match self.session().create(SCALE, data, CreateMode::Persistent).await {
+                match self
+                    .session()
+                    .create(SCALE, data, CreateMode::Persistent)
+                    .await
+                {
                     Ok(_) | Err(Error::NodeExists(_)) => Ok(()),
                     Err(e) => Err(e),
                 }

@@ -67,7 +67,10 @@ impl Runtime for TaskRuntime {
         let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             life.await;
-            running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         });
         guard.insert(
             handle.id.clone(),

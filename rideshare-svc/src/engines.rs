@@ -1,0 +1,125 @@
+//! Building the DBaaS dependencies from flags: the real engines (RabbitMQ, ZooKeeper, Docker or
+//! OS processes) for the distributed mode.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rideshare_dbaas::broker::Broker;
+use rideshare_dbaas::coord::Coordinator;
+use rideshare_dbaas::log::Log;
+use rideshare_dbaas::orchestrator::OrchestratorDeps;
+use rideshare_dbaas::runtime::Runtime;
+
+use crate::adapters::docker::{DockerConfig, DockerRuntime};
+use crate::adapters::process::{ProcessConfig, ProcessRuntime};
+use crate::adapters::rabbit::{RabbitBroker, RabbitLog};
+use crate::adapters::zk::ZkCoordinator;
+use crate::cli::{EngineArgs, RuntimeArgs, RuntimeKind};
+
+/// Connections to the real broker, log and coordinator.
+#[derive(Clone)]
+pub struct Engines {
+    pub broker: Arc<dyn Broker>,
+    pub log: Arc<dyn Log>,
+    pub coordinator: Arc<dyn Coordinator>,
+}
+
+impl EngineArgs {
+    /// True when the real engines are named (both are needed).
+    pub fn is_real(&self) -> bool {
+        self.amqp_url.is_some() || self.zk.is_some()
+    }
+
+    fn urls(&self) -> anyhow::Result<(&str, &str)> {
+        match (&self.amqp_url, &self.zk) {
+            (Some(amqp), Some(zk)) => Ok((amqp, zk)),
+            _ => anyhow::bail!("the real engines need both --amqp-url and --zk"),
+        }
+    }
+
+    /// Connects to RabbitMQ (queues and the log stream) and prepares ZooKeeper sessions.
+    pub async fn connect(&self) -> anyhow::Result<Engines> {
+        let (amqp, zk) = self.urls()?;
+        let broker = RabbitBroker::connect(amqp)
+            .await
+            .with_context(|| format!("cannot connect to RabbitMQ at {amqp}"))?;
+        let log = RabbitLog::connect(amqp, &self.log_stream)
+            .await
+            .with_context(|| format!("cannot open the log stream {} at {amqp}", self.log_stream))?;
+        let coordinator = ZkCoordinator::new(zk, self.zk_session_timeout);
+        // Fail at start, not at the first request, when ZooKeeper is not there.
+        drop(
+            coordinator
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach ZooKeeper at {zk}"))?,
+        );
+        Ok(Engines {
+            broker: Arc::new(broker),
+            log: Arc::new(log),
+            coordinator: Arc::new(coordinator),
+        })
+    }
+
+    /// The flags every worker the runtime starts gets, after `worker` (the runtime adds `--id`).
+    fn worker_args(&self, runtime: &RuntimeArgs) -> anyhow::Result<Vec<String>> {
+        let (amqp, zk) = self.urls()?;
+        Ok(vec![
+            "--amqp-url".into(),
+            amqp.into(),
+            "--zk".into(),
+            zk.into(),
+            "--zk-session-timeout".into(),
+            humantime::format_duration(self.zk_session_timeout).to_string(),
+            "--log-stream".into(),
+            self.log_stream.clone(),
+            "--data-dir".into(),
+            runtime.worker_data_dir.display().to_string(),
+        ])
+    }
+}
+
+impl Engines {
+    pub fn orchestrator_deps(&self, runtime: Arc<dyn Runtime>) -> OrchestratorDeps {
+        OrchestratorDeps {
+            broker: Arc::clone(&self.broker),
+            log: Arc::clone(&self.log),
+            coordinator: Arc::clone(&self.coordinator),
+            runtime,
+        }
+    }
+}
+
+/// The runtime the flags ask for.
+pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result<Arc<dyn Runtime>> {
+    let worker_args = engines.worker_args(args)?;
+    Ok(match args.runtime {
+        RuntimeKind::Process => {
+            // A worker process follows its orchestrator out: a restarted orchestrator cannot
+            // adopt another process's children, so it must not find them still running.
+            let mut process_args = vec!["worker".to_owned(), "--exit-with-parent".to_owned()];
+            process_args.extend(worker_args);
+            let mut config = ProcessConfig {
+                args: process_args,
+                id_prefix: format!("{}-worker", args.cluster),
+                ..ProcessConfig::default()
+            };
+            if let Some(program) = &args.worker_program {
+                config.program = program.clone();
+            }
+            Arc::new(ProcessRuntime::new(config))
+        }
+        RuntimeKind::Docker => Arc::new(
+            DockerRuntime::new(DockerConfig {
+                image: args.worker_image.clone(),
+                args: worker_args,
+                cluster: args.cluster.clone(),
+                network_mode: args.docker_network.clone(),
+                id_prefix: format!("{}-worker", args.cluster),
+                ..DockerConfig::default()
+            })
+            .await
+            .context("cannot use the Docker engine")?,
+        ),
+    })
+}

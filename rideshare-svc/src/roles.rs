@@ -1,0 +1,164 @@
+//! The separate processes of the distributed mode: gateway, users, rides, orchestrator, worker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rideshare_core::api::{
+    gateway_router, rides_router, users_router, GatewayConfig, PasswordHashing, RidesConfig,
+    ServiceLimits,
+};
+use rideshare_core::clock::SystemClock;
+use rideshare_core::store::SqliteStore;
+use rideshare_dbaas::client::OrchestratorDb;
+use rideshare_dbaas::orchestrator::http::orchestrator_router;
+use rideshare_dbaas::orchestrator::{Orchestrator, OrchestratorConfig};
+use rideshare_dbaas::policy::ScalePolicy;
+use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
+use tokio::sync::watch;
+
+use crate::cli::{
+    GatewayArgs, HttpArgs, OrchestratorArgs, RidesArgs, ScalingArgs, UsersArgs, WorkerArgs,
+};
+use crate::engines::runtime;
+use crate::serve::{bind, run_until, spawn_server};
+
+/// Bound on one internal HTTP hop.
+pub const HOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl HttpArgs {
+    pub fn limits(&self) -> ServiceLimits {
+        ServiceLimits {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+impl ScalingArgs {
+    pub fn orchestrator_config(&self) -> OrchestratorConfig {
+        OrchestratorConfig {
+            scale_window: self.scale_interval,
+            policy: ScalePolicy {
+                reads_per_slave: self.reads_per_slave,
+                max_slaves: self.max_slaves,
+            },
+            ..OrchestratorConfig::default()
+        }
+    }
+}
+
+async fn serve_one(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = bind(name, addr).await?;
+    let (stop, stopped) = watch::channel(false);
+    run_until(
+        shutdown,
+        stop,
+        vec![spawn_server(name, listener, router, stopped)],
+    )
+    .await
+}
+
+pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let router = gateway_router(
+        GatewayConfig {
+            users_url: args.users_url,
+            rides_url: args.rides_url,
+            upstream_timeout: HOP_TIMEOUT,
+        },
+        args.http.limits(),
+    );
+    serve_one("gateway", args.listen, router, shutdown).await
+}
+
+pub async fn users(args: UsersArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
+    let router = users_router(db, PasswordHashing::default(), args.http.limits());
+    serve_one("users", args.listen, router, shutdown).await
+}
+
+pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
+    let router = rides_router(
+        db,
+        Arc::new(SystemClock { zone: args.http.tz }),
+        RidesConfig {
+            gateway_url: args.gateway_url,
+            origin: args.public_url,
+            users_timeout: HOP_TIMEOUT,
+        },
+        args.http.limits(),
+    );
+    serve_one("rides", args.listen, router, shutdown).await
+}
+
+/// The orchestrator on the real engines. Stopping it leaves the workers running: a restarted
+/// orchestrator takes them over.
+pub async fn orchestrator(
+    args: OrchestratorArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let engines = args.engines.connect().await?;
+    let runtime = runtime(&args.engines, &args.runtime).await?;
+    let running = Orchestrator::start(
+        args.scaling.orchestrator_config(),
+        engines.orchestrator_deps(runtime),
+    )
+    .await
+    .context("cannot start the orchestrator")?;
+    let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
+    serve_one("orchestrator", args.listen, router, shutdown).await
+}
+
+/// One worker until it must stop (session lost, deposed, engine failure): then the process
+/// exits non-zero and the orchestrator replaces it.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let engines = args.engines.connect().await?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let path = args.data_dir.join(format!("{}.db", args.id));
+    // A worker always starts empty and replays the log.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("cannot open the worker database {}", path.display()))?;
+    let pid = std::process::id();
+    tracing::info!(id = %args.id, pid, "worker starting");
+    let work = run_worker(
+        WorkerConfig::new(args.id, pid),
+        WorkerDeps {
+            broker: engines.broker,
+            log: engines.log,
+            coordinator: engines.coordinator,
+        },
+        Box::new(store),
+    );
+    let result = if args.exit_with_parent {
+        tokio::select! {
+            result = work => result,
+            _ = parent_gone() => Err(rideshare_dbaas::Error::Runtime("the parent process is gone".into())),
+        }
+    } else {
+        work.await
+    };
+    let _ = std::fs::remove_file(&path);
+    result.context("worker stopped")
+}
+
+/// Resolves when this process is re-parented (its parent died).
+async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The RabbitMQ adapters against a live RabbitMQ (`RIDESHARE_AMQP_URL`, by default
+//! `amqp://127.0.0.1:5672/%2f`): the dbaas broker and log conformance suites, unchanged, then
+//! what only the real server shows: `end()` (which RabbitMQ does not report directly), reading
+//! from the middle of a stream of many chunks, and connection loss and recovery, made by cutting
+//! a TCP proxy between the adapter and RabbitMQ (RabbitMQ itself keeps running).
+//!
+//! The tests that need RabbitMQ are ignored by a plain `cargo test`; `./scripts/test.sh` starts
+//! RabbitMQ and runs them. Run without RabbitMQ they fail, saying so; none skips.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+use rideshare_dbaas::broker::{Broker, Consumer, Delivery, Message};
+use rideshare_dbaas::conformance::{broker_suite, log_suite};
+use rideshare_dbaas::log::{Log, LogReader, Record};
+use rideshare_dbaas::Error;
+use rideshare_svc::adapters::rabbit::{RabbitBroker, RabbitLog};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn url() -> String {
+    std::env::var("RIDESHARE_AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test or run uses.
+fn unique(prefix: &str) -> String {
+    format!("rabbit-test-{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Fails the test, saying what to do, when RabbitMQ is not there.
+async fn require_rabbit() {
+    let url = url();
+    if let Err(e) = RabbitBroker::connect(&url).await {
+        panic!(
+            "RabbitMQ is not reachable at RIDESHARE_AMQP_URL={url}: {e}\n\
+             start it with `./scripts/engines.sh start`, or run everything with `./scripts/test.sh`"
+        );
+    }
+}
+
+async fn broker() -> RabbitBroker {
+    RabbitBroker::connect(&url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to RabbitMQ at {}: {e}", url()))
+}
+
+async fn log(stream: &str) -> RabbitLog {
+    RabbitLog::connect(&url(), stream)
+        .await
+        .unwrap_or_else(|e| panic!("open stream {stream} at {}: {e}", url()))
+}
+
+/// Deletes queues and streams a test made, so runs do not pile them up on the server.
+async fn delete_queues(names: &[String]) {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("connect for cleanup");
+    let channel = conn.create_channel().await.expect("channel for cleanup");
+    for name in names {
+        if let Err(e) = channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            eprintln!("could not delete {name}: {e}");
+        }
+    }
+    let _ = conn.close(200, "cleanup done".into()).await;
+}
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+async fn next_record(reader: &mut Box<dyn LogReader>) -> Record {
+    match within("log record", reader.next()).await {
+        Some(Ok(record)) => record,
+        other => panic!("expected a record, got {other:?}"),
+    }
+}
+
+async fn next_delivery(consumer: &mut Box<dyn Consumer>) -> Delivery {
+    match within("delivery", consumer.next()).await {
+        Some(Ok(delivery)) => delivery,
+        Some(Err(e)) => panic!("expected a delivery, got error {e}"),
+        None => panic!("expected a delivery, the consumer ended"),
+    }
+}
+
+fn entry(i: u64) -> Bytes {
+    Bytes::from(format!("entry-{i:05}"))
+}
+
+// ---- the suites ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn rabbit_broker_passes_the_broker_suite() {
+    require_rabbit().await;
+    let report = broker_suite(broker).await;
+    println!("{report}");
+    report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn rabbit_log_passes_the_log_suite() {
+    require_rabbit().await;
+    let streams = Arc::new(Mutex::new(Vec::new()));
+    let report = log_suite(|| {
+        let stream = unique("log-suite");
+        streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream.clone());
+        async move { log(&stream).await }
+    })
+    .await;
+    println!("{report}");
+    let made = streams.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    delete_queues(&made).await;
+    report.assert_passed();
+}
+
+// ---- end() and reading from an offset -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn end_is_the_entry_count_of_an_empty_and_a_growing_stream() {
+    require_rabbit().await;
+    let stream = unique("end");
+    let log = log(&stream).await;
+    // A second connection: the count comes from the server, not from this client's appends.
+    let other = self::log(&stream).await;
+    assert_eq!(log.end().await.unwrap(), 0, "end of an empty stream");
+    assert_eq!(
+        other.end().await.unwrap(),
+        0,
+        "end of an empty stream, other connection"
+    );
+
+    for i in 1..=50 {
+        log.append(entry(i)).await.unwrap();
+        assert_eq!(
+            log.end().await.unwrap(),
+            i,
+            "end right after confirmed append {i}"
+        );
+        assert_eq!(
+            other.end().await.unwrap(),
+            i,
+            "end seen by another connection"
+        );
+    }
+
+    // Pipelined appends: once all are confirmed, end counts every one of them.
+    let appends: Vec<_> = (51..=550).map(|i| log.append(entry(i))).collect();
+    for result in within("500 pipelined appends", futures::future::join_all(appends)).await {
+        result.unwrap();
+    }
+    let end = other.end().await.unwrap();
+    assert_eq!(end, 550, "end after 550 confirmed appends");
+
+    // The last index a reader sees is end(), and its data is the last append.
+    let mut reader = log.read_from(end).await.unwrap();
+    assert_eq!(
+        next_record(&mut reader).await,
+        Record {
+            index: 550,
+            data: entry(550)
+        }
+    );
+    drop(reader);
+    drop((log, other));
+    delete_queues(&[stream]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn read_from_the_middle_of_a_stream_of_many_chunks() {
+    require_rabbit().await;
+    let stream = unique("middle");
+    let log = log(&stream).await;
+    const COUNT: u64 = 3000;
+    // Pipelined in batches: RabbitMQ writes each batch as a few chunks, so an offset in the
+    // middle of a chunk is asked for below.
+    for batch in 0..COUNT / 500 {
+        let appends: Vec<_> = (1..=500)
+            .map(|i| log.append(entry(batch * 500 + i)))
+            .collect();
+        for result in within("append batch", futures::future::join_all(appends)).await {
+            result.unwrap();
+        }
+    }
+    assert_eq!(log.end().await.unwrap(), COUNT);
+
+    for from in [2, 777, 1501, 2999, COUNT] {
+        let mut reader = log.read_from(from).await.unwrap();
+        for index in from..(from + 3).min(COUNT + 1) {
+            assert_eq!(
+                next_record(&mut reader).await,
+                Record {
+                    index,
+                    data: entry(index)
+                },
+                "reading from {from}"
+            );
+        }
+    }
+
+    // The whole stream from 1, in order, without gaps.
+    let mut reader = log.read_from(1).await.unwrap();
+    for index in 1..=COUNT {
+        let record = next_record(&mut reader).await;
+        assert_eq!(record.index, index);
+        assert_eq!(record.data, entry(index));
+    }
+
+    // Reading from past the end waits for entries to reach that index.
+    let mut ahead = log.read_from(COUNT + 3).await.unwrap();
+    let mut at_end = log.read_from(COUNT + 1).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), at_end.next())
+            .await
+            .is_err(),
+        "a reader at the end waits"
+    );
+    for index in COUNT + 1..=COUNT + 3 {
+        log.append(entry(index)).await.unwrap();
+    }
+    assert_eq!(next_record(&mut at_end).await.index, COUNT + 1);
+    assert_eq!(
+        next_record(&mut ahead).await,
+        Record {
+            index: COUNT + 3,
+            data: entry(COUNT + 3)
+        },
+        "a reader from past the end starts at its index"
+    );
+    drop((reader, ahead, at_end, log));
+    delete_queues(&[stream]).await;
+}
+
+// ---- connection loss ----------------------------------------------------------------------------
+
+/// A TCP proxy to RabbitMQ that can be cut (every connection dropped, new ones refused) and
+/// restored on the same port: a network failure between the adapter and a running RabbitMQ.
+struct Proxy {
+    port: u16,
+    target: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let proxy = Proxy {
+            port,
+            target,
+            tasks: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let tasks = Arc::clone(&self.tasks);
+        let target = self.target.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap_or_else(|e| e.into_inner()).push(pipe);
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(accept);
+    }
+
+    /// Drops every connection through the proxy and stops accepting new ones.
+    fn cut(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind proxy again");
+        self.serve(listener);
+    }
+
+    /// The RabbitMQ URL, through the proxy.
+    fn url(&self) -> String {
+        let uri: lapin::uri::AMQPUri = url().parse().expect("RIDESHARE_AMQP_URL");
+        let vhost = uri.vhost.replace('%', "%25").replace('/', "%2f");
+        format!(
+            "amqp://{}:{}@127.0.0.1:{}/{vhost}",
+            uri.authority.userinfo.username, uri.authority.userinfo.password, self.port
+        )
+    }
+}
+
+fn rabbit_address() -> String {
+    let uri: lapin::uri::AMQPUri = url().parse().expect("RIDESHARE_AMQP_URL");
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+/// Retries `attempt` until it succeeds or [`WAIT`] passes.
+async fn eventually<T>(what: &str, mut attempt: impl AsyncFnMut() -> Result<T, Error>) -> T {
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) if started.elapsed() > WAIT => {
+                panic!("{what}: still failing after {WAIT:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn broker_fails_fast_while_disconnected_and_recovers() {
+    require_rabbit().await;
+    let proxy = Proxy::start(rabbit_address()).await;
+    let broker = RabbitBroker::connect(&proxy.url()).await.unwrap();
+    let work = unique("work");
+    let replies = unique("replies");
+    broker.declare(&work).await.unwrap();
+    broker.declare_exclusive(&replies).await.unwrap();
+    broker
+        .publish(&work, Message::new("held when the link drops"))
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(&work, 1).await.unwrap();
+    let held = next_delivery(&mut consumer).await;
+    assert!(!held.redelivered);
+
+    proxy.cut();
+    // The consumer of the dead connection ends, so its owner can subscribe again.
+    assert!(
+        within("consumer end", consumer.next()).await.is_none(),
+        "a consumer of a lost connection ends"
+    );
+    assert!(held.ack().await.is_err(), "ack on a lost connection fails");
+
+    // While disconnected every call fails at once.
+    let started = Instant::now();
+    let publish = broker.publish(&work, Message::new("lost")).await;
+    assert!(
+        matches!(publish, Err(Error::BrokerUnavailable(_))),
+        "publish while disconnected: {publish:?}"
+    );
+    assert!(matches!(
+        broker.consume(&work, 1).await.err(),
+        Some(Error::BrokerUnavailable(_))
+    ));
+    assert!(matches!(
+        broker.declare(&work).await,
+        Err(Error::BrokerUnavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "calls while disconnected took {:?}",
+        started.elapsed()
+    );
+    assert!(!broker.is_connected());
+
+    // Let the backoff grow for a while, then bring the network back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore().await;
+    let reconnect_started = Instant::now();
+    let mut consumer = eventually("consume after reconnection", async || {
+        broker.consume(&work, 1).await
+    })
+    .await;
+    let reconnected_in = reconnect_started.elapsed();
+    assert!(broker.is_connected());
+
+    // The message held unacked by the lost consumer was requeued by RabbitMQ.
+    let again = next_delivery(&mut consumer).await;
+    assert_eq!(again.message.body, Bytes::from("held when the link drops"));
+    assert!(
+        again.redelivered,
+        "a requeued message is marked redelivered"
+    );
+    again.ack().await.unwrap();
+
+    // The exclusive reply queue died with the old connection and was declared again.
+    let mut reply_consumer = broker.consume(&replies, 1).await.unwrap();
+    broker
+        .publish(&replies, Message::new("reply after reconnection"))
+        .await
+        .unwrap();
+    let reply = next_delivery(&mut reply_consumer).await;
+    assert_eq!(reply.message.body, Bytes::from("reply after reconnection"));
+    reply.ack().await.unwrap();
+    println!("reconnected {reconnected_in:?} after the network came back");
+
+    drop((consumer, reply_consumer, broker));
+    delete_queues(&[work]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn log_fails_fast_while_disconnected_and_its_reader_resumes() {
+    require_rabbit().await;
+    let proxy = Proxy::start(rabbit_address()).await;
+    let stream = unique("outage");
+    let log = RabbitLog::connect(&proxy.url(), &stream).await.unwrap();
+    for i in 1..=3 {
+        log.append(entry(i)).await.unwrap();
+    }
+    let mut reader = log.read_from(1).await.unwrap();
+    for index in 1..=3 {
+        assert_eq!(next_record(&mut reader).await.index, index);
+    }
+
+    proxy.cut();
+    match within("reader during the outage", reader.next()).await {
+        Some(Err(Error::LogUnavailable(_))) => {}
+        other => panic!("a reader of a lost connection reports it once: {other:?}"),
+    }
+    let started = Instant::now();
+    assert!(matches!(
+        log.append(entry(99)).await,
+        Err(Error::LogUnavailable(_))
+    ));
+    assert!(matches!(log.end().await, Err(Error::LogUnavailable(_))));
+    assert!(matches!(
+        log.read_from(1).await.err(),
+        Some(Error::LogUnavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "calls while disconnected took {:?}",
+        started.elapsed()
+    );
+
+    // The reader, called again, waits for the reconnection and resumes where it was.
+    let waiting = tokio::spawn(async move {
+        let record = next_record(&mut reader).await;
+        (reader, record)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore().await;
+    eventually("append after reconnection", async || {
+        log.append(entry(4)).await
+    })
+    .await;
+    let (mut reader, record) = within("resumed reader", waiting).await.unwrap();
+    assert_eq!(
+        record,
+        Record {
+            index: 4,
+            data: entry(4)
+        },
+        "the reader resumes after the last entry it handed out"
+    );
+    log.append(entry(5)).await.unwrap();
+    assert_eq!(next_record(&mut reader).await.index, 5);
+    assert_eq!(
+        log.end().await.unwrap(),
+        5,
+        "the refused append left no entry"
+    );
+
+    drop((reader, log));
+    delete_queues(&[stream]).await;
+}
+
+#[tokio::test]
+async fn connecting_to_an_absent_rabbitmq_fails_fast() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let started = Instant::now();
+    let broker = RabbitBroker::connect("amqp://127.0.0.1:1/%2f").await;
+    assert!(
+        matches!(broker, Err(Error::BrokerUnavailable(_))),
+        "{broker:?}"
+    );
+    let log = RabbitLog::connect("amqp://127.0.0.1:1/%2f", "absent").await;
+    assert!(matches!(log, Err(Error::LogUnavailable(_))), "{log:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
