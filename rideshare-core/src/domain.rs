@@ -15,7 +15,7 @@ use crate::error::ValidationError;
 pub const MAX_USERNAME_CHARS: usize = 128;
 
 /// A username: 1..=128 characters, no control characters. Case-sensitive.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Username(String);
 
@@ -48,6 +48,13 @@ impl TryFrom<String> for Username {
 impl From<Username> for String {
     fn from(u: Username) -> String {
         u.0
+    }
+}
+
+/// Shown as the quoted name, so messages read `user "bob" already exists`.
+impl fmt::Debug for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 

@@ -503,3 +503,38 @@ async fn connecting_to_an_absent_rabbitmq_fails_fast() {
     assert!(matches!(log, Err(Error::LogUnavailable(_))), "{log:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tmp"]
+async fn tmp_leak_check() {
+    let count = || {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "client_properties"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .matches("rideshare")
+            .count()
+    };
+    println!("before: {}", count());
+    {
+        let b = broker().await;
+        let q = unique("leak");
+        b.declare(&q).await.unwrap();
+        b.publish(&q, Message::new("x")).await.unwrap();
+        let mut c = b.consume(&q, 1).await.unwrap();
+        let d = next_delivery(&mut c).await;
+        d.ack().await.unwrap();
+        let stream = unique("leak-stream");
+        let l = log(&stream).await;
+        l.append(entry(1)).await.unwrap();
+        let mut r = l.read_from(1).await.unwrap();
+        next_record(&mut r).await;
+        assert_eq!(l.end().await.unwrap(), 1);
+        println!("during: {}", count());
+        drop((d, c, b, r, l));
+        delete_queues(&[q, stream]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("after: {}", count());
+}

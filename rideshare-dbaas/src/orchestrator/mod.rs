@@ -112,9 +112,9 @@ pub struct Orchestrator {
     reads: AtomicU64,
     first_read: Notify,
     target: AtomicU64,
-    /// Workers this orchestrator started that have not registered yet, with start time.
+    /// Running workers without a membership node (starting, or lost their session), with the
+    /// time they were started or first seen so.
     starting: Mutex<BTreeMap<String, Instant>>,
-    born: Instant,
     reconciling: tokio::sync::Mutex<()>,
 }
 
@@ -151,7 +151,6 @@ impl Orchestrator {
             first_read: Notify::new(),
             target: AtomicU64::new(target.max(1)),
             starting: Mutex::default(),
-            born: Instant::now(),
             reconciling: tokio::sync::Mutex::new(()),
         });
         let mut tasks = JoinSet::new();
@@ -396,7 +395,9 @@ impl Orchestrator {
                 .iter()
                 .filter(|w| !members.iter().any(|m| m.record.id == w.id))
             {
-                let since = *started.get(&w.id).unwrap_or(&self.born);
+                // Grace counts from the start, or from when the worker was first seen without
+                // a node (paused, or its session just expired): it may come back, or exit.
+                let since = *started.entry(w.id.clone()).or_insert(now);
                 if now.duration_since(since) < self.config.start_grace {
                     starting += 1;
                 } else {

@@ -35,13 +35,21 @@
 //!   reader skips entries below `from`, and it reports a jump in offsets as an error rather than
 //!   hand out a gap. After a connection loss a reader returns one [`Error::LogUnavailable`];
 //!   called again it waits (bounded) for the reconnection and resumes where it was.
-//! - [`Log::end`] is the `message-count` of a passive `queue.declare` on the stream. For a
-//!   stream RabbitMQ reports there the offset the next entry will get, which is the number of
-//!   entries ever appended (offsets start at 0 and nothing is truncated: the stream is declared
-//!   without retention limits), so it is the index of the last entry. Verified against
-//!   RabbitMQ 3.10.8 by `tests/rabbit_conformance.rs` (empty stream 0; after each confirmed
-//!   append exactly the count; in step with the offsets a reader sees). The field is 32 bits in
-//!   AMQP 0-9-1: past 2^32 - 1 entries `end` cannot be right, and it fails rather than lie.
+//! - [`Log::end`]: RabbitMQ does not tell a stream's end over AMQP 0-9-1. The `message-count`
+//!   of `queue.declare-ok` is no good: for a stream, RabbitMQ 3.10 answers with a statistics
+//!   snapshot taken every 5 s (`rabbit_osiris_metrics`, `stream_tick_interval`), so right after
+//!   an append it is behind (measured: 0 after 50 confirmed appends). Nor is "consume from
+//!   `last` and wait a little": an empty stream and a slow broker look alike. So `end` probes
+//!   in an order RabbitMQ guarantees (the reasoning is on `RabbitLog::probe_end`): on a fresh
+//!   channel, a consumer from `last`, then a second consumer and two passive declares; once the
+//!   second declare is answered, the whole last chunk has been delivered to the first consumer,
+//!   and its highest `x-stream-offset` + 1 is the end (nothing delivered: 0). The snapshot count,
+//!   which may lag but never exceeds the entries there, is kept as a check: a probe below it is
+//!   retried, then refused rather than answered low. Verified against RabbitMQ 3.10.8 by
+//!   `tests/rabbit_conformance.rs`: 0 on an empty stream, exactly the count after each
+//!   confirmed append, seen from another connection too, and equal to the last index a reader
+//!   gets. The probe reads the local replica: in a cluster, connect the log to the stream
+//!   leader's node, or `end` may lag entries confirmed a moment ago.
 //!
 //! What it must not do: hold a lock across an `.await` other than the per-channel publish mutex
 //! and the control-channel slot (tokio mutexes, held for one AMQP call each), wait on RabbitMQ
@@ -58,7 +66,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -97,6 +105,9 @@ const READER_PREFETCH: u16 = 1000;
 const RESUME_WAIT: Duration = Duration::from_secs(30);
 /// The header RabbitMQ puts the stream offset of a delivery in, and the consume argument.
 const STREAM_OFFSET: &str = "x-stream-offset";
+/// Probes of [`Log::end`] before giving up when they disagree with RabbitMQ's count.
+const END_ATTEMPTS: u32 = 3;
+const END_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// AMQP reply code for a normal close.
 const REPLY_SUCCESS: u16 = 200;
 
@@ -523,6 +534,12 @@ async fn supervise(link: Weak<Link>, publishers: usize) {
 /// Closes its channel when dropped; RabbitMQ then requeues what was delivered on it unacked.
 struct ChannelGuard(Option<Channel>);
 
+impl ChannelGuard {
+    fn channel(&self) -> Option<&Channel> {
+        self.0.as_ref()
+    }
+}
+
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
         let Some(channel) = self.0.take() else { return };
@@ -831,34 +848,125 @@ impl Log for RabbitLog {
         }))
     }
 
+    /// See the module doc: an ordered probe of the last chunk, checked against RabbitMQ's
+    /// (lagging, never too high) count.
     async fn end(&self) -> Result<u64> {
+        for attempt in 1..=END_ATTEMPTS {
+            let (end, counted) = self.probe_end().await?;
+            if end >= counted {
+                return Ok(end);
+            }
+            // The probe saw less than RabbitMQ once counted: it must not answer low (a reader
+            // would then not wait for entries already acknowledged).
+            tracing::warn!(stream = %self.stream, end, counted, attempt, "log end probe saw fewer entries than RabbitMQ counts; probing again");
+            tokio::time::sleep(END_RETRY_PAUSE).await;
+        }
+        Err(self.link.unavailable(format!(
+            "the end of stream {} could not be determined consistently",
+            self.stream
+        )))
+    }
+}
+
+impl RabbitLog {
+    /// One probe for [`Log::end`]: the highest index of the stream's last chunk, and RabbitMQ's
+    /// message count as of its last statistics tick.
+    ///
+    /// Why it is exact (RabbitMQ 3.10, read from its source): a stream consumer lives in the
+    /// channel process. Consumer A, from `last`, registers with the stream's writer for a
+    /// notification; consumer B's set-up then calls that writer, which sends A's notification
+    /// before it answers B. So once the channel has finished B (the first passive declare's
+    /// answer proves it), A's notification is in the channel's mailbox, ahead of the second
+    /// declare. The channel handles it (sending the whole last chunk to A: credit is checked
+    /// between chunks only) before answering that declare, so when the answer is here every
+    /// delivery of the last chunk is in A's buffer. An empty stream delivers nothing: 0.
+    async fn probe_end(&self) -> Result<(u64, u64)> {
         let session = self.link.session()?;
-        let channel = self.link.control(&session).await?;
-        let queue = self
+        let stream = &*self.stream;
+        let (guard, mut last) = self
+            .link
+            .subscribe(&session, stream, 1, offset_spec("last"))
+            .await?;
+        let channel = guard
+            .channel()
+            .cloned()
+            .ok_or_else(|| self.link.unavailable("end probe channel closed"))?;
+        let _next = self
             .link
             .bounded(
-                "passive declare of stream",
-                &self.stream,
-                channel.queue_declare(
-                    short(&self.stream, "stream name")?,
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
+                "consume (end probe)",
+                stream,
+                channel.basic_consume(
+                    short(stream, "stream name")?,
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    offset_spec("next"),
                 ),
             )
             .await?;
-        let count = queue.message_count();
-        if count == u32::MAX {
-            // AMQP's message-count is 32 bits: a stream this long cannot report its end here.
-            return Err(self.link.unavailable(format!(
-                "stream {} too long for AMQP's 32-bit message count",
-                self.stream
-            )));
+        let mut counted = 0;
+        for _ in 0..2 {
+            let queue = self
+                .link
+                .bounded(
+                    "passive declare of stream",
+                    stream,
+                    channel.queue_declare(
+                        short(stream, "stream name")?,
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+            counted = u64::from(queue.message_count());
         }
-        Ok(u64::from(count))
+        let mut end = 0;
+        loop {
+            match last.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(delivery))) => end = end.max(stream_index(stream, &delivery)?),
+                Some(Some(Err(e))) => return Err(self.link.fail("end probe on", stream, e)),
+                Some(None) => {
+                    return Err(self
+                        .link
+                        .unavailable(format!("end probe on stream {stream}: consumer cancelled")))
+                }
+            }
+        }
+        Ok((end, counted))
     }
+}
+
+/// An `x-stream-offset` consume argument naming a position (`first`, `last`, `next`).
+fn offset_spec(position: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(STREAM_OFFSET.into(), AMQPValue::LongString(position.into()));
+    arguments
+}
+
+/// The index of a stream delivery: its `x-stream-offset` header + 1.
+fn stream_index(stream: &str, delivery: &lapin::message::Delivery) -> Result<u64> {
+    let offset = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(&ShortString::from(STREAM_OFFSET)))
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::Timestamp(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::Protocol(format!(
+                "delivery from stream {stream} without an {STREAM_OFFSET} header"
+            ))
+        })?;
+    Ok(offset + 1)
 }
 
 /// A stream consumer: its channel, its deliveries, and the task acking them.
@@ -919,31 +1027,6 @@ struct RabbitLogReader {
     resuming: Option<JoinHandle<Result<StreamSubscription>>>,
 }
 
-impl RabbitLogReader {
-    /// The index of a delivery, from its `x-stream-offset` header.
-    fn index_of(&self, delivery: &lapin::message::Delivery) -> Result<u64> {
-        let offset = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(&ShortString::from(STREAM_OFFSET)))
-            .and_then(|v| match v {
-                AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-                AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-                AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-                AMQPValue::Timestamp(n) => Some(*n),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                Error::Protocol(format!(
-                    "delivery from stream {} without an {STREAM_OFFSET} header",
-                    self.stream
-                ))
-            })?;
-        Ok(offset + 1)
-    }
-}
-
 #[async_trait]
 impl LogReader for RabbitLogReader {
     /// Cancel-safe: a delivery is turned into a record without an await in between, and a
@@ -991,7 +1074,7 @@ impl LogReader for RabbitLogReader {
                 }
             };
             let _ = subscription.acks.send(delivery.acker.clone());
-            let index = match self.index_of(&delivery) {
+            let index = match stream_index(&self.stream, &delivery) {
                 Ok(index) => index,
                 Err(e) => return Some(Err(e)),
             };
