@@ -6,6 +6,7 @@
 #   scripts/engines.sh start   install if needed, start both, wait until they answer
 #   scripts/engines.sh stop    stop what `start` started
 #   scripts/engines.sh status
+#   scripts/engines.sh restart-zk | restart-rabbitmq   (fault injection, for `rideshare chaos`)
 set -euo pipefail
 
 STATE_DIR=${RIDESHARE_ENGINES_DIR:-/tmp/rideshare-engines}
@@ -82,9 +83,24 @@ case "${1:-}" in
       rm -f "$STATE_DIR/zk/zk.pid"
     fi
     ;;
+  restart-zk)
+    # For fault injection: stop ZooKeeper (as started by `start`) and start it again.
+    [ -f "$STATE_DIR/zk/zk.pid" ] || die "no ZooKeeper started by this script to restart"
+    kill "$(cat "$STATE_DIR/zk/zk.pid")" 2>/dev/null || true
+    for _ in $(seq 1 40); do zk_up || break; sleep 0.25; done
+    rm -f "$STATE_DIR/zk/zk.pid"
+    start_zk
+    ;;
+  restart-rabbitmq)
+    # For fault injection: stop the RabbitMQ application and start it again (data is kept).
+    rabbitmqctl -q stop_app >/dev/null
+    sleep "${RIDESHARE_RABBIT_DOWN_S:-2}"
+    rabbitmqctl -q start_app >/dev/null
+    rabbitmqctl -q await_startup >/dev/null
+    ;;
   status)
     rabbit_up && echo "RabbitMQ: up" || echo "RabbitMQ: down"
     zk_up && echo "ZooKeeper: up" || echo "ZooKeeper: down"
     ;;
-  *) die "usage: $0 start|stop|status" ;;
+  *) die "usage: $0 start|stop|status|restart-zk|restart-rabbitmq" ;;
 esac

@@ -379,7 +379,9 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
         .next()
         .and_then(|s| s.parse::<u64>().ok())
         .map(|seq| seq + 1)
-        .ok_or_else(|| Error::Protocol(format!("bad epoch node {epoch_path}")))?;
+        .ok_or_else(|| Error::Protocol(format!("bad epoch node {epoch_path}")))?
+        // Above every epoch already in the log, even if the coordinator lost its data.
+        .max(shared.epoch.load(Ordering::SeqCst) + 1);
     session
         .set(
             MASTER,

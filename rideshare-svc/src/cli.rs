@@ -30,6 +30,9 @@ pub enum Command {
     Orchestrator(OrchestratorArgs),
     /// One DBaaS worker (master or slave) on the real engines; started by a runtime.
     Worker(WorkerArgs),
+    /// Run the distributed system on the real engines under injected faults and check the
+    /// recorded history against the write log.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.

@@ -40,12 +40,15 @@ impl EngineArgs {
     /// Connects to RabbitMQ (queues and the log stream) and prepares ZooKeeper sessions.
     pub async fn connect(&self) -> anyhow::Result<Engines> {
         let (amqp, zk) = self.urls()?;
+        let shown = redact(amqp);
         let broker = RabbitBroker::connect(amqp)
             .await
-            .with_context(|| format!("cannot connect to RabbitMQ at {amqp}"))?;
+            .with_context(|| format!("cannot connect to RabbitMQ at {shown}"))?;
         let log = RabbitLog::connect(amqp, &self.log_stream)
             .await
-            .with_context(|| format!("cannot open the log stream {} at {amqp}", self.log_stream))?;
+            .with_context(|| {
+                format!("cannot open the log stream {} at {shown}", self.log_stream)
+            })?;
         let coordinator = ZkCoordinator::new(zk, self.zk_session_timeout);
         // Fail at start, not at the first request, when ZooKeeper is not there.
         drop(
@@ -109,8 +112,8 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
             }
             Arc::new(ProcessRuntime::new(config))
         }
-        RuntimeKind::Docker => Arc::new(
-            DockerRuntime::new(DockerConfig {
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime::new(DockerConfig {
                 image: args.worker_image.clone(),
                 args: worker_args,
                 cluster: args.cluster.clone(),
@@ -119,7 +122,44 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
                 ..DockerConfig::default()
             })
             .await
-            .context("cannot use the Docker engine")?,
-        ),
+            .context("cannot use the Docker engine")?;
+            // Fail at start, not at every reconcile, when the image was never built.
+            docker.ensure_image().await.with_context(|| {
+                format!(
+                    "the worker image {} is missing: build it with scripts/build-worker-image.sh",
+                    args.worker_image
+                )
+            })?;
+            Arc::new(docker)
+        }
     })
+}
+
+/// A URL fit for logs: the password, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_not_shown_in_urls() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/v"),
+            "amqp://guest:***@host:5672/v"
+        );
+        assert_eq!(
+            redact("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+    }
 }

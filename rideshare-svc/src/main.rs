@@ -23,5 +23,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Rides(args) => roles::rides(args, shutdown).await,
         Command::Orchestrator(args) => roles::orchestrator(args, shutdown).await,
         Command::Worker(args) => roles::worker(args).await,
+        Command::Chaos(args) => rideshare_svc::chaos::run(args).await,
     }
 }

@@ -148,7 +148,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     } else {
         work.await
     };
-    let _ = std::fs::remove_file(&path);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
     result.context("worker stopped")
 }
 

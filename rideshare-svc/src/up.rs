@@ -61,7 +61,7 @@ impl Up {
 
 /// The database service behind `up`: embedded, or an orchestrator on the real engines.
 enum Dbaas {
-    Embedded(EmbeddedCluster),
+    Embedded(Box<EmbeddedCluster>),
     Real {
         running: RunningOrchestrator,
         runtime: Arc<dyn Runtime>,
@@ -86,7 +86,7 @@ impl Dbaas {
             )
             .await
             .context("cannot start the database service")?;
-            return Ok(Dbaas::Embedded(cluster));
+            return Ok(Dbaas::Embedded(Box::new(cluster)));
         }
         let engines = args.engines.connect().await?;
         let runtime = engines::runtime(&args.engines, &args.runtime).await?;

@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -25,7 +24,7 @@ use serde_json::{json, Value};
 const PASSWORD: &str = "3d4f2bf07dc1be38b20cd6e46949a1071f9d0e3d";
 
 /// The tests restart RabbitMQ or load the machine: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -269,7 +268,7 @@ fn docker_pids(ns: &Namespace) -> Vec<u64> {
 }
 
 async fn end_to_end(kind: RuntimeKind, what: &str) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     if kind == RuntimeKind::Docker {
         require_image();
     }
@@ -446,7 +445,7 @@ fn free_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ, ZooKeeper, Docker and the worker image: run ./scripts/test.sh"]
 async fn broker_restart_and_orchestrator_kill_lose_no_acknowledged_write() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     require_image();
     let ns = Namespace::new("restarts");
     let listen = free_port();

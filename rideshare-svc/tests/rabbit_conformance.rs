@@ -506,35 +506,132 @@ async fn connecting_to_an_absent_rabbitmq_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "tmp"]
-async fn tmp_leak_check() {
-    let count = || {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "client_properties"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .matches("rideshare")
-            .count()
-    };
-    println!("before: {}", count());
-    {
-        let b = broker().await;
-        let q = unique("leak");
-        b.declare(&q).await.unwrap();
-        b.publish(&q, Message::new("x")).await.unwrap();
-        let mut c = b.consume(&q, 1).await.unwrap();
+async fn tmp_latency() {
+    let b = broker().await;
+    let q = unique("lat");
+    b.declare(&q).await.unwrap();
+    let mut c = b.consume(&q, 10).await.unwrap();
+    let t = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..300 {
+        let t0 = Instant::now();
+        b.publish(&q, Message::new(format!("m{i}"))).await.unwrap();
         let d = next_delivery(&mut c).await;
         d.ack().await.unwrap();
-        let stream = unique("leak-stream");
-        let l = log(&stream).await;
-        l.append(entry(1)).await.unwrap();
-        let mut r = l.read_from(1).await.unwrap();
-        next_record(&mut r).await;
-        assert_eq!(l.end().await.unwrap(), 1);
-        println!("during: {}", count());
-        drop((d, c, b, r, l));
-        delete_queues(&[q, stream]).await;
+        worst = worst.max(t0.elapsed());
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("after: {}", count());
+    println!(
+        "300 publish+recv+ack: {:?} total, worst {:?}",
+        t.elapsed(),
+        worst
+    );
+    let t = Instant::now();
+    let pubs: Vec<_> = (0..2000)
+        .map(|i| {
+            let b = b.clone();
+            let q = q.clone();
+            tokio::spawn(async move { b.publish(&q, Message::new(format!("p{i}"))).await })
+        })
+        .collect();
+    for p in pubs {
+        p.await.unwrap().unwrap();
+    }
+    println!("2000 concurrent publishes: {:?}", t.elapsed());
+    drop(c);
+    let stream = unique("lat-stream");
+    let l = log(&stream).await;
+    let t = Instant::now();
+    for i in 0..300 {
+        l.append(entry(i)).await.unwrap();
+    }
+    println!("300 sequential appends: {:?}", t.elapsed());
+    {
+        use lapin::options::*;
+        let conn = Connection::connect(&url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let t = Instant::now();
+        for i in 0..300u64 {
+            ch.basic_publish(
+                "".into(),
+                stream.as_str().into(),
+                BasicPublishOptions::default(),
+                &entry(i),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        println!(
+            "raw lapin: 300 sequential stream publishes: {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        for i in 0..300u64 {
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &entry(i),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        println!(
+            "raw lapin: 300 sequential persistent queue publishes: {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        for i in 0..300u64 {
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &entry(i),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        println!(
+            "raw lapin: 300 sequential transient queue publishes: {:?}",
+            t.elapsed()
+        );
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    for i in 0..300 {
+        l.append(entry(i)).await.unwrap();
+    }
+    println!("300 sequential appends: {:?}", t.elapsed());
+    let t = Instant::now();
+    let appends: Vec<_> = (0..5000).map(|i| l.append(entry(i))).collect();
+    for r in futures::future::join_all(appends).await {
+        r.unwrap();
+    }
+    println!("5000 pipelined appends: {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut r = l.read_from(1).await.unwrap();
+    for _ in 0..5900 {
+        next_record(&mut r).await;
+    }
+    println!("read 5300: {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(l.end().await.unwrap(), 5900);
+    println!("end: {:?}", t.elapsed());
+    drop((r, l, b));
+    delete_queues(&[q, stream]).await;
 }

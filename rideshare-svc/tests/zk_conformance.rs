@@ -513,6 +513,59 @@ async fn measure_how_long_a_dead_holders_ephemeral_node_lingers() {
     root.remove().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZooKeeper: run ./scripts/test.sh"]
+async fn children_watch_on_an_absent_parent_fires_when_the_parent_appears() {
+    let zk = require_zk().await;
+    let root = TestRoot::new(&zk, "absent-parent");
+    let s = ZkCoordinator::new(&root.connect(), Duration::from_secs(4))
+        .open()
+        .await
+        .expect("session");
+    let (before, watch) = s.children_watch("/fresh").await.unwrap();
+    assert!(before.is_empty());
+    s.create("/fresh/deep/leaf", b(""), CreateMode::Persistent)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, watch)
+        .await
+        .expect("the watch on the absent parent fires once it is created");
+    assert_eq!(s.children("/fresh").await.unwrap(), vec!["deep".to_owned()]);
+    drop(s);
+    root.remove().await;
+}
+
+/// Pins where ZooKeeper and the trait's contract part: the sequence counter lives in the parent
+/// node, so a parent deleted and created again starts its suffixes over (the in-memory
+/// coordinator keeps counting). Nothing may delete a parent whose suffixes must stay unique.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZooKeeper: run ./scripts/test.sh"]
+async fn zookeeper_restarts_suffixes_under_a_recreated_parent() {
+    let zk = require_zk().await;
+    let root = TestRoot::new(&zk, "sequence");
+    let s = ZkCoordinator::new(&root.connect(), Duration::from_secs(4))
+        .open()
+        .await
+        .expect("session");
+    let first = s
+        .create("/seq/n-", b(""), CreateMode::PersistentSequential)
+        .await
+        .unwrap();
+    assert_eq!(first, "/seq/n-0000000000");
+    s.delete(&first).await.unwrap();
+    s.delete("/seq").await.unwrap();
+    let again = s
+        .create("/seq/n-", b(""), CreateMode::PersistentSequential)
+        .await
+        .unwrap();
+    assert_eq!(
+        again, first,
+        "ZooKeeper reuses the suffix under a recreated parent"
+    );
+    drop(s);
+    root.remove().await;
+}
+
 #[tokio::test]
 async fn connecting_to_no_server_fails_with_coordinator_unavailable() {
     // A port that was free a moment ago: nothing listens there.

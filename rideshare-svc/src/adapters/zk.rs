@@ -191,7 +191,12 @@ fn monitor(client: &zk::Client) -> watch::Receiver<bool> {
     tokio::spawn(async move {
         loop {
             if state.is_terminated() {
-                tracing::warn!(%session, %state, "ZooKeeper session ended");
+                // Closing is how every session ends normally; only expiry is a failure.
+                if state == zk::SessionState::Closed {
+                    tracing::debug!(%session, %state, "ZooKeeper session closed");
+                } else {
+                    tracing::warn!(%session, %state, "ZooKeeper session ended");
+                }
                 ended_tx.send_replace(true);
                 return;
             }
