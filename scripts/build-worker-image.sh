@@ -47,12 +47,19 @@ echo "build-worker-image: libraries: $(echo $libs)"
 
 cat > "$context/Dockerfile" <<'DOCKERFILE'
 FROM scratch
+LABEL rideshare.image=worker
 COPY rootfs/ /
 WORKDIR /data
 ENTRYPOINT ["/rideshare"]
 DOCKERFILE
 
-docker build -q -t "$IMAGE" "$context" >/dev/null
+# Quiet unless it fails: the engine's chatter (a legacy-builder notice) is not news.
+if ! out=$(docker build -t "$IMAGE" "$context" 2>&1); then
+  echo "$out" >&2
+  die "docker build failed"
+fi
+# The image this tag named before is now untagged: drop it (only ours, by the label).
+docker image prune -f --filter label=rideshare.image=worker >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "build-worker-image: built $IMAGE ($((size / 1024 / 1024)) MiB, $size bytes)"
 

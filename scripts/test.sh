@@ -33,6 +33,9 @@ docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker t
 step "cargo test (workspace, including the real-engine tests)"
 cargo test --workspace -- --include-ignored
 
+step "chaos: the real engines under faults, checked (about 2 minutes)"
+./target/release/rideshare chaos --duration 100s --json target/chaos.json
+
 step "cargo bench --no-run"
 cargo bench --workspace --no-run
 

@@ -139,6 +139,10 @@ pub struct MasterRecord {
     pub pid: u32,
     /// 0 until the new master has taken its epoch.
     pub epoch: u64,
+    /// True once the master consumes the write queue (the orchestrator resends writes stuck
+    /// with an older master at this change).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// The scaling target (data of the persistent `/rideshare/scale` node).

@@ -79,29 +79,37 @@ impl RpcClient {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), tx);
-        let forget = || {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+        // Whatever ends this call (reply, error, timeout, or the caller dropping it), the
+        // waiter entry goes with it, so abandoned calls leave nothing behind.
+        let _forget = Forget {
+            pending: &self.pending,
+            id: id.clone(),
         };
         let message = Message {
             body,
             correlation_id: Some(id.clone()),
             reply_to: Some(self.reply_queue.clone()),
         };
-        if let Err(e) = self.broker.publish(queue, message).await {
-            forget();
-            return Err(e);
-        }
+        self.broker.publish(queue, message).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(Error::QueueClosed(self.reply_queue.clone())),
-            Err(_) => {
-                forget();
-                Err(Error::Timeout("worker", timeout_ms))
-            }
+            Err(_) => Err(Error::Timeout("worker", timeout_ms)),
         }
+    }
+}
+
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: String,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 

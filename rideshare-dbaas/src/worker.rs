@@ -322,7 +322,7 @@ async fn serve_roles(
         role: Role::Master,
     };
     session.set(&member_path, encode(&record), None).await?;
-    serve_writes(shared, deps).await
+    serve_writes(shared, deps, session).await
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -358,6 +358,7 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
         id: id.clone(),
         pid,
         epoch: 0,
+        ready: false,
     };
     match session
         .create(MASTER, encode(&record), CreateMode::Ephemeral)
@@ -389,6 +390,7 @@ async fn try_promote(shared: &Shared, deps: &WorkerDeps, session: &dyn Session) 
                 id: id.clone(),
                 pid,
                 epoch,
+                ready: false,
             }),
             None,
         )
@@ -488,11 +490,25 @@ async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()>
 }
 
 /// The master's write server: append, wait until applied, answer, ack.
-async fn serve_writes(shared: Arc<Shared>, deps: WorkerDeps) -> Result<()> {
+async fn serve_writes(
+    shared: Arc<Shared>,
+    deps: WorkerDeps,
+    session: Arc<dyn Session>,
+) -> Result<()> {
+    // Newer epochs consume at higher priority: a frozen older master's subscription gets no
+    // new writes while this one has room.
+    let priority = i32::try_from(shared.my_epoch.load(Ordering::SeqCst)).unwrap_or(i32::MAX);
     let mut consumer = deps
         .broker
-        .consume(WRITE_QUEUE, shared.config.write_prefetch)
+        .consume_prioritized(WRITE_QUEUE, shared.config.write_prefetch, priority)
         .await?;
+    let ready = MasterRecord {
+        id: shared.config.id.clone(),
+        pid: shared.config.pid,
+        epoch: shared.my_epoch.load(Ordering::SeqCst),
+        ready: true,
+    };
+    session.set(MASTER, encode(&ready), None).await?;
     let mut handlers = JoinSet::new();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;

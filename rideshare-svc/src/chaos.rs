@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::rabbit::RabbitLog;
 use crate::adapters::zk::ZkCoordinator;
+use crate::cli::RuntimeKind;
 
 #[derive(Debug, Clone, Args)]
 pub struct ChaosArgs {
@@ -67,8 +68,16 @@ pub struct ChaosArgs {
     /// The orchestrator's scaling window during the run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub scale_interval: Duration,
+    /// The orchestrator's reads per slave during the run: the clients read all the time, so the
+    /// contract's 20 would keep the cluster at its maximum and the scale fault would show nothing.
+    #[arg(long, default_value_t = 200)]
+    pub reads_per_slave: u64,
     #[arg(long, default_value = "rideshare-worker:latest")]
     pub worker_image: String,
+    /// Where workers run: Docker containers (paused with `docker pause`) or processes of this
+    /// binary (paused with SIGSTOP).
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: crate::cli::RuntimeKind,
     /// Command that restarts RabbitMQ (run with `sh -c`).
     #[arg(long, default_value = "scripts/engines.sh restart-rabbitmq")]
     pub restart_rabbitmq_cmd: String,
@@ -193,13 +202,26 @@ fn spawn_orchestrator(
             "--zk-session-timeout",
             &humantime::format_duration(args.zk_session_timeout).to_string(),
             "--runtime",
-            "docker",
+            match args.runtime {
+                RuntimeKind::Docker => "docker",
+                RuntimeKind::Process => "process",
+            },
+            "--worker-program",
+            &std::env::current_exe()?.display().to_string(),
+            "--worker-data-dir",
+            &std::env::temp_dir()
+                .join(&ns.name)
+                .join("workers")
+                .display()
+                .to_string(),
             "--cluster",
             &ns.name,
             "--worker-image",
             &args.worker_image,
             "--scale-interval",
             &humantime::format_duration(args.scale_interval).to_string(),
+            "--reads-per-slave",
+            &args.reads_per_slave.to_string(),
         ])
         .env("RIDESHARE_LOG", "info")
         .stdout(log.try_clone()?)
@@ -414,10 +436,10 @@ where
     false
 }
 
-async fn master_id(zk: &ZkCoordinator) -> Option<String> {
+async fn master(zk: &ZkCoordinator) -> Option<MasterRecord> {
     let session = zk.connect().await.ok()?;
     let (data, _) = session.get(MASTER).await.ok()??;
-    decode::<MasterRecord>(&data).ok().map(|m| m.id)
+    decode::<MasterRecord>(&data).ok()
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -516,14 +538,27 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 orchestrator = spawn_orchestrator(&args, &ns, listen, &orchestrator_log)?;
                 "kill -9 orchestrator, restarted".into()
             }
-            Fault::PauseMaster => match master_id(&zk).await {
-                Some(id) => {
-                    sh(&format!("docker pause {id}"))?;
+            Fault::PauseMaster => match master(&zk).await {
+                Some(m) => {
+                    let (pause, resume) = match args.runtime {
+                        RuntimeKind::Docker => (
+                            format!("docker pause {}", m.id),
+                            format!("docker unpause {}", m.id),
+                        ),
+                        RuntimeKind::Process => (
+                            format!("kill -STOP {}", m.pid),
+                            format!("kill -CONT {}", m.pid),
+                        ),
+                    };
+                    sh(&pause)?;
                     failover_starts.push(at);
+                    // Past the session timeout: the master's nodes expire and a slave takes
+                    // over while the old master is frozen; then it resumes, a zombie.
                     tokio::time::sleep(args.zk_session_timeout * 3).await;
-                    let resumed = sh(&format!("docker unpause {id}")).is_ok();
+                    let resumed = sh(&resume).is_ok();
                     format!(
-                        "paused master {id} for {:?}, resumed: {resumed}",
+                        "paused master {} for {:?}, resumed: {resumed}",
+                        m.id,
                         args.zk_session_timeout * 3
                     )
                 }
@@ -673,6 +708,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     if !figures.passed {
         bail!("the checker found violations: {:?}", figures.problems);
+    }
+    let missing: Vec<String> = args
+        .faults
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .filter(|f| !figures.faults.contains_key(f))
+        .collect();
+    if !missing.is_empty() {
+        bail!("--duration too short: these faults were never injected: {missing:?}");
     }
     println!("chaos: passed");
     Ok(())

@@ -183,6 +183,62 @@ async fn end_is_the_entry_count_of_an_empty_and_a_growing_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn end_during_appends_lies_between_the_confirmed_and_the_started() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    require_rabbit().await;
+    let stream = unique("end-busy");
+    let log = Arc::new(log(&stream).await);
+    let started = Arc::new(AtomicU64::new(0));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // One writer keeping 16 appends in flight, so chunks of several entries keep coming.
+    let writer = tokio::spawn({
+        let (log, started, confirmed, stop) = (
+            Arc::clone(&log),
+            Arc::clone(&started),
+            Arc::clone(&confirmed),
+            Arc::clone(&stop),
+        );
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                let first = started.fetch_add(16, Ordering::SeqCst) + 1;
+                let batch: Vec<_> = (first..first + 16).map(|i| log.append(entry(i))).collect();
+                for result in futures::future::join_all(batch).await {
+                    result.expect("append");
+                }
+                confirmed.fetch_add(16, Ordering::SeqCst);
+            }
+        }
+    });
+    // Another connection asks for the end while the appends go on.
+    let other = self::log(&stream).await;
+    let mut probes = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let low = confirmed.load(Ordering::SeqCst);
+        let end = other.end().await.unwrap();
+        let high = started.load(Ordering::SeqCst);
+        assert!(
+            low <= end && end <= high,
+            "end {end} outside [{low} confirmed before, {high} started after]"
+        );
+        probes += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    within("writer", writer).await.unwrap();
+    let total = confirmed.load(Ordering::SeqCst);
+    assert_eq!(
+        other.end().await.unwrap(),
+        total,
+        "end once the appends stopped"
+    );
+    println!("{probes} end() probes during {total} appends");
+    drop((log, other));
+    delete_queues(&[stream]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
 async fn read_from_the_middle_of_a_stream_of_many_chunks() {
     require_rabbit().await;
     let stream = unique("middle");

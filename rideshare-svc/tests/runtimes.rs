@@ -2,8 +2,9 @@
 //! nothing) and `DockerRuntime` (needs the Docker engine and the worker image; ignored unless
 //! asked for, and failing loudly when asked without them).
 //!
-//! Until the `worker` subcommand exists the workers here are stand-ins that live long enough:
-//! `sleep` for processes, `rideshare up` on ephemeral loopback ports for containers.
+//! The workers here are stand-ins that live until killed and need no engine (`rideshare worker`
+//! needs RabbitMQ and ZooKeeper): `sleep` for processes, `rideshare up` on ephemeral loopback
+//! ports for containers.
 
 use std::path::Path;
 use std::process::Command;
@@ -211,8 +212,8 @@ impl Drop for Cluster {
 }
 
 /// Worker containers that live until killed: `rideshare up` on ephemeral loopback ports (host
-/// network), standing in for `rideshare worker` until that exists. The id goes to
-/// `--data-dir`, which `up` takes, so the id is still passed as production passes `--id`.
+/// network), standing in for `rideshare worker`. The id goes to `--data-dir`, which `up` takes,
+/// so the id is still passed the way production passes `--id`.
 fn long_lived(cluster: &Cluster) -> DockerConfig {
     let any_port = "127.0.0.1:0".to_owned();
     DockerConfig {

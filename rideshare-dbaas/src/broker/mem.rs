@@ -70,6 +70,8 @@ struct Pending {
 struct ConsumerState {
     /// 0 means unbounded, as in AMQP's `basic.qos`.
     prefetch: u16,
+    /// Consumers of higher priority with room are served first (RabbitMQ's `x-priority`).
+    priority: i32,
     /// Everything dispatched to this consumer and not settled yet, by delivery tag. Messages sent
     /// but not yet taken by `next()` count too: RabbitMQ counts them against prefetch as well.
     unacked: BTreeMap<u64, Pending>,
@@ -107,7 +109,14 @@ impl Queue {
     }
 
     fn next_consumer_with_room(&self) -> Option<u64> {
-        let with_room = |(id, c): (&u64, &ConsumerState)| c.has_room().then_some(*id);
+        let top = self
+            .consumers
+            .values()
+            .filter(|c| c.has_room())
+            .map(|c| c.priority)
+            .max()?;
+        let with_room =
+            |(id, c): (&u64, &ConsumerState)| (c.has_room() && c.priority == top).then_some(*id);
         self.consumers
             .range(self.last_served + 1..)
             .find_map(with_room)
@@ -323,6 +332,15 @@ impl Broker for MemBroker {
     /// Consuming an undeclared queue fails with [`Error::QueueClosed`] (RabbitMQ: 404 NOT_FOUND).
     /// A `prefetch` of 0 means unbounded, as in AMQP.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {
+        self.consume_prioritized(queue, prefetch, 0).await
+    }
+
+    async fn consume_prioritized(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        priority: i32,
+    ) -> Result<Box<dyn Consumer>> {
         let mut state = self.lock();
         MemBroker::check_available(&state)?;
         let id = state.next_consumer;
@@ -337,6 +355,7 @@ impl Broker for MemBroker {
             id,
             ConsumerState {
                 prefetch,
+                priority,
                 unacked: BTreeMap::new(),
                 inbox: VecDeque::new(),
                 notify: Arc::clone(&notify),

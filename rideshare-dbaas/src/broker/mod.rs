@@ -6,6 +6,7 @@
 //! - keep a delivered message until it is acked; when its consumer goes away (dropped, its
 //!   connection lost) requeue it, so it is delivered again (at least once);
 //! - never deliver more than `prefetch` unacked messages to one consumer;
+//! - deliver to a lower-priority consumer only while no higher-priority one has room;
 //! - return from `publish` only once the broker has taken the message (publisher confirm);
 //! - carry `correlation_id` and `reply_to` unchanged.
 //!
@@ -89,4 +90,14 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, queue: &str, message: Message) -> Result<()>;
     /// Starts consuming, with at most `prefetch` unacked deliveries at a time.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
+    /// Like `consume`, with a priority: while a consumer of higher priority has prefetch room,
+    /// consumers of lower priority get nothing (RabbitMQ's consumer priorities, `x-priority`).
+    /// The master consumes writes at its epoch's priority, so a frozen older master that still
+    /// holds a subscription gets no new writes once the new master subscribes.
+    async fn consume_prioritized(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        priority: i32,
+    ) -> Result<Box<dyn Consumer>>;
 }

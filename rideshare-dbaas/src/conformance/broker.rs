@@ -44,6 +44,10 @@ where
         ("single_consumer_gets_messages_in_publish_order", |b| {
             single_consumer_gets_messages_in_publish_order(b).boxed()
         }),
+        (
+            "higher_priority_consumer_with_room_gets_every_message",
+            |b| higher_priority_consumer_with_room_gets_every_message(b).boxed(),
+        ),
     ];
     run_suite("broker", make, cases).await
 }
@@ -249,6 +253,46 @@ async fn consumer_holds_at_most_prefetch_unacked<B: Broker>(broker: B) -> CaseRe
     expect_quiet(&mut holder, "delivery beyond prefetch after one ack").await?;
     ack(&second).await?;
     ack(&third).await
+}
+
+/// What keeps a frozen old master from receiving writes: the new master consumes at a higher
+/// priority, so the old one gets nothing while the new one has room; when the new one is full,
+/// the lower one is served again.
+async fn higher_priority_consumer_with_room_gets_every_message<B: Broker>(broker: B) -> CaseResult {
+    let queue = declared(&broker, "priority").await?;
+    let mut low = broker
+        .consume_prioritized(&queue, 10, 1)
+        .await
+        .map_err(|e| format!("consume at priority 1: {e}"))?;
+    let mut high = broker
+        .consume_prioritized(&queue, 3, 7)
+        .await
+        .map_err(|e| format!("consume at priority 7: {e}"))?;
+    for i in 0..3 {
+        publish(&broker, &queue, format!("m{i}")).await?;
+    }
+    for i in 0..3 {
+        let d = recv(
+            &mut high,
+            &format!("message {i} at the high-priority consumer"),
+        )
+        .await?;
+        check_eq!(text(&d), format!("m{i}"), "high-priority delivery order");
+    }
+    expect_quiet(
+        &mut low,
+        "delivery to the low-priority consumer while the high one has room",
+    )
+    .await?;
+    // The high-priority consumer is full now (prefetch 3, nothing acked): the low one is next.
+    publish(&broker, &queue, "m3").await?;
+    let d = recv(
+        &mut low,
+        "delivery to the low-priority consumer once the high one is full",
+    )
+    .await?;
+    check_eq!(text(&d), "m3".to_owned(), "overflow delivery");
+    ack(&d).await
 }
 
 async fn unacked_messages_are_redelivered_after_consumer_drops<B: Broker>(broker: B) -> CaseResult {

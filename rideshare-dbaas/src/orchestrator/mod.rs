@@ -31,6 +31,10 @@ use crate::protocol::{
 use crate::rpc::RpcClient;
 use crate::runtime::Runtime;
 
+/// Immediate resends of one write on master changes, at most (a failover changes the master
+/// node two or three times).
+const MAX_REPUBLISH: u32 = 8;
+
 #[derive(Clone, Debug)]
 pub struct OrchestratorConfig {
     /// Names this orchestrator's reply queue; unique per running orchestrator.
@@ -111,6 +115,8 @@ pub struct Orchestrator {
     /// Reads counted in the current scaling window.
     reads: AtomicU64,
     first_read: Notify,
+    /// Bumped whenever the master node changes.
+    master_changes: tokio::sync::watch::Sender<u64>,
     target: AtomicU64,
     /// Running workers without a membership node (starting, or lost their session), with the
     /// time they were started or first seen so.
@@ -149,6 +155,7 @@ impl Orchestrator {
             acked: AtomicU64::new(acked),
             reads: AtomicU64::new(0),
             first_read: Notify::new(),
+            master_changes: tokio::sync::watch::channel(0).0,
             target: AtomicU64::new(target.max(1)),
             starting: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
@@ -156,6 +163,7 @@ impl Orchestrator {
         let mut tasks = JoinSet::new();
         tasks.spawn(supervise(Arc::clone(&orchestrator)));
         tasks.spawn(scale(Arc::clone(&orchestrator)));
+        tasks.spawn(follow_master(Arc::clone(&orchestrator)));
         tracing::info!(acked, target, "orchestrator started");
         Ok(RunningOrchestrator {
             orchestrator,
@@ -195,11 +203,25 @@ impl Orchestrator {
             op,
         });
         let mut last = Error::NotMaster;
-        for attempt in 0..self.config.attempts {
-            if attempt > 0 {
+        let mut master_changes = self.master_changes.subscribe();
+        let mut attempt = 0;
+        let mut republished = 0;
+        while attempt < self.config.attempts {
+            // A write sent to a master that then froze or died waits in its hands until the
+            // attempt times out. When the master changes, send it again at once (same request
+            // id, so it applies once): failover then costs the election, not the timeout.
+            let answer = tokio::select! {
+                answer = self.call(WRITE_QUEUE, body.clone()) => answer,
+                _ = master_changes.changed(), if republished < MAX_REPUBLISH => {
+                    republished += 1;
+                    continue;
+                }
+            };
+            attempt += 1;
+            if attempt < self.config.attempts && !matches!(answer, Ok(Reply::Written { .. })) {
                 tokio::time::sleep(self.config.retry_pause).await;
             }
-            match self.call(WRITE_QUEUE, body.clone()).await {
+            match answer {
                 Ok(Reply::Written {
                     index,
                     epoch,
@@ -486,6 +508,19 @@ async fn supervise(orchestrator: Arc<Orchestrator>) {
                 }
             }
             Err(_) => tick.await,
+        }
+    }
+}
+
+/// Bumps `master_changes` on every change of the master node.
+async fn follow_master(orchestrator: Arc<Orchestrator>) {
+    loop {
+        match orchestrator.session().get_watch(MASTER).await {
+            Ok((_, changed)) => {
+                changed.await;
+                orchestrator.master_changes.send_modify(|n| *n += 1);
+            }
+            Err(_) => tokio::time::sleep(orchestrator.config.reconcile_every).await,
         }
     }
 }

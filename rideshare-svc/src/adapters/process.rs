@@ -7,8 +7,8 @@
 //! is the orchestrator's decision).
 //!
 //! Limit: children are killed when the runtime is dropped, but if this process is killed with
-//! SIGKILL its children live on, and a new `ProcessRuntime` does not adopt them. Their
-//! coordinator sessions keep them members until they are stopped by hand.
+//! SIGKILL its children live on, and a new `ProcessRuntime` does not adopt them: workers must
+//! notice their parent's death themselves (`rideshare worker --exit-with-parent`).
 //!
 //! It uses `std::process` rather than `tokio::process` (whose cargo feature this workspace does
 //! not enable): every call it makes is non-blocking but the reaping `wait` after a SIGKILL, which

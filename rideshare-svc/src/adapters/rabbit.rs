@@ -61,6 +61,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -297,7 +298,7 @@ impl Link {
         };
         let session = Arc::new(Session {
             conn,
-            publishers: (0..publishers.max(1))
+            publishers: (0..publishers)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             control: tokio::sync::Mutex::new(None),
@@ -381,7 +382,12 @@ impl Link {
         properties: BasicProperties,
     ) -> Result<PublisherConfirm> {
         let routing_key = short(queue, "queue name")?;
-        let slot = &session.publishers[slot % session.publishers.len()];
+        let Some(slot) = session
+            .publishers
+            .get(slot % session.publishers.len().max(1))
+        else {
+            return Err(self.unavailable("this connection has no publisher channels"));
+        };
         let mut channel = match tokio::time::timeout(OP_TIMEOUT, slot.lock()).await {
             Ok(channel) => channel,
             Err(_) => return Err(Error::Timeout("publisher channel", millis(OP_TIMEOUT))),
@@ -472,7 +478,7 @@ impl Link {
             )
             .await?;
         // From here on, dropping the guard (an error below) closes the channel.
-        let guard = ChannelGuard(Some(channel.clone()));
+        let mut guard = ChannelGuard::new(channel.clone());
         self.bounded(
             "basic.qos for",
             queue,
@@ -494,6 +500,7 @@ impl Link {
                 ),
             )
             .await?;
+        guard.keep(&consumer);
         Ok((guard, consumer))
     }
 }
@@ -532,17 +539,42 @@ async fn supervise(link: Weak<Link>, publishers: usize) {
 }
 
 /// Closes its channel when dropped; RabbitMQ then requeues what was delivered on it unacked.
-struct ChannelGuard(Option<Channel>);
+///
+/// It also holds a clone of each consumer on the channel until the close is under way. Dropping
+/// a lapin consumer's last clone while its channel is open makes lapin send `basic.cancel` from
+/// its own task; racing our `channel.close`, that cancel can reach RabbitMQ after the close, on
+/// a channel it no longer knows, and RabbitMQ then closes the whole connection (`CHANNEL_ERROR
+/// - expected 'channel.open'`, seen in the tests). Once the close has started lapin marks the
+/// consumers cancelled and sends nothing for them.
+struct ChannelGuard {
+    channel: Option<Channel>,
+    consumers: Vec<lapin::Consumer>,
+}
 
 impl ChannelGuard {
+    fn new(channel: Channel) -> Self {
+        ChannelGuard {
+            channel: Some(channel),
+            consumers: Vec::new(),
+        }
+    }
+
     fn channel(&self) -> Option<&Channel> {
-        self.0.as_ref()
+        self.channel.as_ref()
+    }
+
+    /// Keeps `consumer` from being cancelled on its own before the channel closes.
+    fn keep(&mut self, consumer: &lapin::Consumer) {
+        self.consumers.push(consumer.clone());
     }
 }
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
-        let Some(channel) = self.0.take() else { return };
+        let consumers = std::mem::take(&mut self.consumers);
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
         if !channel.status().connected() {
             return;
         }
@@ -554,6 +586,7 @@ impl Drop for ChannelGuard {
                 if let Ok(Err(e)) = tokio::time::timeout(OP_TIMEOUT, closing).await {
                     tracing::debug!(error = %e, "closing a consumer channel failed");
                 }
+                drop(consumers);
             });
         }
     }
@@ -617,10 +650,23 @@ impl Broker for RabbitBroker {
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {
+        self.consume_prioritized(queue, prefetch, 0).await
+    }
+
+    async fn consume_prioritized(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        priority: i32,
+    ) -> Result<Box<dyn Consumer>> {
         let session = self.link.session()?;
+        let mut arguments = FieldTable::default();
+        if priority != 0 {
+            arguments.insert("x-priority".into(), AMQPValue::LongInt(priority));
+        }
         let (channel, consumer) = self
             .link
-            .subscribe(&session, queue, prefetch, FieldTable::default())
+            .subscribe(&session, queue, prefetch, arguments)
             .await?;
         Ok(Box::new(RabbitConsumer {
             link: Arc::clone(&self.link),
@@ -755,10 +801,14 @@ impl RabbitLog {
     /// Connects to RabbitMQ at `url` and declares the stream `stream` (durable, no retention
     /// limit). Fails with [`Error::LogUnavailable`] if it cannot.
     pub async fn connect(url: &str, stream: &str) -> Result<Self> {
-        let link = Link::connect(Side::Log, url, 1).await?;
+        let link = Link::connect(Side::Log, url, 0).await?;
         link.declare(stream, QueueKind::Stream).await?;
         let (appends, requests) = mpsc::unbounded_channel();
-        tokio::spawn(run_appender(Arc::clone(&link), Arc::from(stream), requests));
+        tokio::spawn(run_appender(
+            Arc::clone(&link),
+            short(stream, "stream name")?,
+            requests,
+        ));
         Ok(RabbitLog {
             link,
             stream: Arc::from(stream),
@@ -777,27 +827,87 @@ impl RabbitLog {
     }
 }
 
-/// Publishes appends one after the other in the order `append` was called, on the log's one
-/// publisher channel; hands each its pending confirm so the confirm waits overlap. Ends when
-/// every [`RabbitLog`] handle is dropped.
+/// Publishes appends in the order `append` was called, on the log's one publisher channel, and
+/// hands each its pending confirm, so the confirm waits overlap. Ends when every [`RabbitLog`]
+/// handle is dropped.
+///
+/// lapin puts a publish's frames in the connection's send queue (and numbers its confirm) on the
+/// first poll of `basic_publish`, then waits for them to be written. The task polls each publish
+/// once itself, which fixes the order, and leaves the wait to a task of its own, so a pipeline
+/// of appends is not one socket write after the other.
 async fn run_appender(
     link: Arc<Link>,
-    stream: Arc<str>,
+    stream: ShortString,
     mut requests: mpsc::UnboundedReceiver<AppendRequest>,
 ) {
     let properties = BasicProperties::default().with_delivery_mode(2);
+    let mut channel: Option<Channel> = None;
     while let Some(request) = requests.recv().await {
         // Published even when its caller stopped waiting: like a request already on the wire.
-        let published = match link.session() {
-            Ok(session) => {
-                link.publish_on(&session, 0, &stream, &request.data, properties.clone())
-                    .await
+        let open = match appender_channel(&link, stream.as_str(), &mut channel).await {
+            Ok(open) => open,
+            Err(e) => {
+                // The caller may have stopped waiting; the outcome stands either way.
+                let _ = request.published.send(Err(e));
+                continue;
             }
-            Err(e) => Err(e),
         };
-        // The caller may have stopped waiting; the outcome stands either way.
-        let _ = request.published.send(published);
+        let AppendRequest { data, published } = request;
+        let routing_key = stream.clone();
+        let properties = properties.clone();
+        let mut publish = Box::pin(async move {
+            open.basic_publish(
+                ShortString::from(""),
+                routing_key,
+                BasicPublishOptions::default(),
+                &data,
+                properties,
+            )
+            .await
+        });
+        match futures::poll!(publish.as_mut()) {
+            Poll::Ready(result) => {
+                let _ =
+                    published.send(result.map_err(|e| link.fail("append to", stream.as_str(), e)));
+            }
+            Poll::Pending => {
+                let link = Arc::clone(&link);
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    let result = link.bounded("append to", stream.as_str(), publish).await;
+                    let _ = published.send(result);
+                });
+            }
+        }
     }
+}
+
+/// The appender's publisher channel (confirm mode), opened again on a new session.
+async fn appender_channel(
+    link: &Link,
+    stream: &str,
+    channel: &mut Option<Channel>,
+) -> Result<Channel> {
+    if let Some(open) = channel.as_ref().filter(|c| c.status().connected()) {
+        return Ok(open.clone());
+    }
+    *channel = None;
+    let session = link.session()?;
+    let fresh = link
+        .bounded(
+            "open publisher channel for",
+            stream,
+            session.conn.create_channel(),
+        )
+        .await?;
+    link.bounded(
+        "confirm.select for",
+        stream,
+        fresh.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    *channel = Some(fresh.clone());
+    Ok(fresh)
 }
 
 #[async_trait]
@@ -883,7 +993,7 @@ impl RabbitLog {
     async fn probe_end(&self) -> Result<(u64, u64)> {
         let session = self.link.session()?;
         let stream = &*self.stream;
-        let (guard, mut last) = self
+        let (mut guard, mut last) = self
             .link
             .subscribe(&session, stream, 1, offset_spec("last"))
             .await?;
@@ -891,7 +1001,7 @@ impl RabbitLog {
             .channel()
             .cloned()
             .ok_or_else(|| self.link.unavailable("end probe channel closed"))?;
-        let _next = self
+        let next = self
             .link
             .bounded(
                 "consume (end probe)",
@@ -904,6 +1014,7 @@ impl RabbitLog {
                 ),
             )
             .await?;
+        guard.keep(&next);
         let mut counted = 0;
         for _ in 0..2 {
             let queue = self
