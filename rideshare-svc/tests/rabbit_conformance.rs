@@ -303,6 +303,58 @@ async fn read_from_the_middle_of_a_stream_of_many_chunks() {
     delete_queues(&[stream]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn dropping_many_consumers_and_readers_keeps_the_connection() {
+    require_rabbit().await;
+    let broker = broker().await;
+    let queue = unique("churn");
+    let watched = unique("churn-watched");
+    broker.declare(&queue).await.unwrap();
+    broker.declare(&watched).await.unwrap();
+    // A lost connection would end this consumer: it must still get a message at the end.
+    let mut survivor = broker.consume(&watched, 1).await.unwrap();
+    for i in 0..200 {
+        let mut consumer = broker.consume(&queue, 1).await.unwrap();
+        if i % 2 == 0 {
+            // Dropped holding an unacked delivery: requeued, delivered to the next one.
+            broker.publish(&queue, Message::new("m")).await.unwrap();
+            let _held = next_delivery(&mut consumer).await;
+        }
+        drop(consumer);
+    }
+    broker
+        .publish(&watched, Message::new("still here"))
+        .await
+        .unwrap();
+    let alive = next_delivery(&mut survivor).await;
+    assert_eq!(alive.message.body, Bytes::from("still here"));
+    alive.ack().await.unwrap();
+
+    let stream = unique("churn-stream");
+    let log = log(&stream).await;
+    for i in 1..=20 {
+        log.append(entry(i)).await.unwrap();
+    }
+    let mut survivor = log.read_from(1).await.unwrap();
+    for i in 0..200u64 {
+        let mut reader = log.read_from(1 + i % 20).await.unwrap();
+        next_record(&mut reader).await;
+        assert_eq!(log.end().await.unwrap(), 20);
+    }
+    for index in 1..=20 {
+        assert_eq!(next_record(&mut survivor).await.index, index);
+    }
+    log.append(entry(21)).await.unwrap();
+    assert_eq!(
+        next_record(&mut survivor).await.index,
+        21,
+        "the first reader still follows the tail"
+    );
+    drop((survivor, log, broker));
+    delete_queues(&[queue, watched, stream]).await;
+}
+
 // ---- connection loss ----------------------------------------------------------------------------
 
 /// A TCP proxy to RabbitMQ that can be cut (every connection dropped, new ones refused) and
@@ -558,136 +610,4 @@ async fn connecting_to_an_absent_rabbitmq_fails_fast() {
     let log = RabbitLog::connect("amqp://127.0.0.1:1/%2f", "absent").await;
     assert!(matches!(log, Err(Error::LogUnavailable(_))), "{log:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tmp"]
-async fn tmp_latency() {
-    let b = broker().await;
-    let q = unique("lat");
-    b.declare(&q).await.unwrap();
-    let mut c = b.consume(&q, 10).await.unwrap();
-    let t = Instant::now();
-    let mut worst = Duration::ZERO;
-    for i in 0..300 {
-        let t0 = Instant::now();
-        b.publish(&q, Message::new(format!("m{i}"))).await.unwrap();
-        let d = next_delivery(&mut c).await;
-        d.ack().await.unwrap();
-        worst = worst.max(t0.elapsed());
-    }
-    println!(
-        "300 publish+recv+ack: {:?} total, worst {:?}",
-        t.elapsed(),
-        worst
-    );
-    let t = Instant::now();
-    let pubs: Vec<_> = (0..2000)
-        .map(|i| {
-            let b = b.clone();
-            let q = q.clone();
-            tokio::spawn(async move { b.publish(&q, Message::new(format!("p{i}"))).await })
-        })
-        .collect();
-    for p in pubs {
-        p.await.unwrap().unwrap();
-    }
-    println!("2000 concurrent publishes: {:?}", t.elapsed());
-    drop(c);
-    let stream = unique("lat-stream");
-    let l = log(&stream).await;
-    let t = Instant::now();
-    for i in 0..300 {
-        l.append(entry(i)).await.unwrap();
-    }
-    println!("300 sequential appends: {:?}", t.elapsed());
-    {
-        use lapin::options::*;
-        let conn = Connection::connect(&url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let t = Instant::now();
-        for i in 0..300u64 {
-            ch.basic_publish(
-                "".into(),
-                stream.as_str().into(),
-                BasicPublishOptions::default(),
-                &entry(i),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        }
-        println!(
-            "raw lapin: 300 sequential stream publishes: {:?}",
-            t.elapsed()
-        );
-        let t = Instant::now();
-        for i in 0..300u64 {
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                &entry(i),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        }
-        println!(
-            "raw lapin: 300 sequential persistent queue publishes: {:?}",
-            t.elapsed()
-        );
-        let t = Instant::now();
-        for i in 0..300u64 {
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                &entry(i),
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        }
-        println!(
-            "raw lapin: 300 sequential transient queue publishes: {:?}",
-            t.elapsed()
-        );
-        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .unwrap();
-    }
-    let t = Instant::now();
-    for i in 0..300 {
-        l.append(entry(i)).await.unwrap();
-    }
-    println!("300 sequential appends: {:?}", t.elapsed());
-    let t = Instant::now();
-    let appends: Vec<_> = (0..5000).map(|i| l.append(entry(i))).collect();
-    for r in futures::future::join_all(appends).await {
-        r.unwrap();
-    }
-    println!("5000 pipelined appends: {:?}", t.elapsed());
-    let t = Instant::now();
-    let mut r = l.read_from(1).await.unwrap();
-    for _ in 0..5900 {
-        next_record(&mut r).await;
-    }
-    println!("read 5300: {:?}", t.elapsed());
-    let t = Instant::now();
-    assert_eq!(l.end().await.unwrap(), 5900);
-    println!("end: {:?}", t.elapsed());
-    drop((r, l, b));
-    delete_queues(&[q, stream]).await;
 }

@@ -542,10 +542,10 @@ async fn supervise(link: Weak<Link>, publishers: usize) {
 ///
 /// It also holds a clone of each consumer on the channel until the close is under way. Dropping
 /// a lapin consumer's last clone while its channel is open makes lapin send `basic.cancel` from
-/// its own task; racing our `channel.close`, that cancel can reach RabbitMQ after the close, on
-/// a channel it no longer knows, and RabbitMQ then closes the whole connection (`CHANNEL_ERROR
-/// - expected 'channel.open'`, seen in the tests). Once the close has started lapin marks the
-/// consumers cancelled and sends nothing for them.
+/// its own task. Racing our `channel.close`, that cancel can reach RabbitMQ after the close, on
+/// a channel it no longer knows, and RabbitMQ then closes the whole connection with a
+/// channel error, "expected 'channel.open'" (seen in the tests). Once the close has started,
+/// lapin marks the consumers cancelled and sends nothing for them.
 struct ChannelGuard {
     channel: Option<Channel>,
     consumers: Vec<lapin::Consumer>,
