@@ -15,8 +15,9 @@ use serde_json::{json, Map, Value};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::db::DbError;
+use crate::db::{Db, DbError};
 use crate::error::ValidationError;
+use crate::ops::{ReadOutcome, WriteOp, WriteOutcome};
 
 /// Bounds every service applies to every request.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +118,31 @@ impl From<DbError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// 200 with the list, or 204 with no body when it is empty.
+pub fn list_or_no_content<T: serde::Serialize>(items: Vec<T>) -> Response {
+    if items.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Json(items).into_response()
+    }
+}
+
+/// A read answered with a result of another kind: a broken database, not the client's fault.
+pub fn unexpected_read(outcome: ReadOutcome) -> ApiError {
+    ApiError::unavailable(format!("unexpected read result {outcome:?}"))
+}
+
+/// `db/clear`: 200, or 400 when the database cannot be cleared (the contract's status).
+pub async fn clear_with<D: Db>(db: &D, op: WriteOp) -> Result<Response, ApiError> {
+    match db.write(op).await {
+        Ok(WriteOutcome::Done) => Ok(empty(StatusCode::OK)),
+        Ok(other) => Err(ApiError::bad_request(format!("could not clear: {other:?}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not clear the database: {e}"
+        ))),
     }
 }
 

@@ -16,8 +16,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::common::{
-    empty, field, health_route, json_object, not_found, string_field, with_counter, ApiError,
-    RequestCounter, ServiceLimits,
+    clear_with, empty, field, health_route, json_object, list_or_no_content, not_found,
+    string_field, unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
 use super::users::unexpected;
 use crate::area::Area;
@@ -166,13 +166,8 @@ async fn list_rides<D: Db>(
         after: state.clock.now(),
     };
     match state.db.read(op).await? {
-        ReadOutcome::Rides { rides } if rides.is_empty() => {
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        ReadOutcome::Rides { rides } => Ok(Json(rides).into_response()),
-        other => Err(ApiError::unavailable(format!(
-            "unexpected read result {other:?}"
-        ))),
+        ReadOutcome::Rides { rides } => Ok(list_or_no_content(rides)),
+        other => Err(unexpected_read(other)),
     }
 }
 
@@ -184,9 +179,7 @@ async fn get_ride<D: Db>(
     match state.db.read(ReadOp::GetRide { ride_id }).await? {
         ReadOutcome::Ride { ride: Some(ride) } => Ok(Json(ride).into_response()),
         ReadOutcome::Ride { ride: None } => Ok(StatusCode::NO_CONTENT.into_response()),
-        other => Err(ApiError::unavailable(format!(
-            "unexpected read result {other:?}"
-        ))),
+        other => Err(unexpected_read(other)),
     }
 }
 
@@ -238,18 +231,10 @@ async fn delete_ride<D: Db>(
 async fn count_rides<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
     match state.db.read(ReadOp::CountRides).await? {
         ReadOutcome::Count { count } => Ok(Json([count]).into_response()),
-        other => Err(ApiError::unavailable(format!(
-            "unexpected read result {other:?}"
-        ))),
+        other => Err(unexpected_read(other)),
     }
 }
 
 async fn clear<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
-    match state.db.write(WriteOp::ClearRides).await {
-        Ok(WriteOutcome::Done) => Ok(empty(StatusCode::OK)),
-        Ok(other) => Err(ApiError::bad_request(format!("could not clear: {other:?}"))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not clear the database: {e}"
-        ))),
-    }
+    clear_with(&state.db, WriteOp::ClearRides).await
 }

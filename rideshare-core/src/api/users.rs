@@ -8,13 +8,13 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, post, put};
-use axum::{Json, Router};
+use axum::Router;
 
 use super::common::{
-    empty, health_route, json_object, not_found, string_field, with_counter, ApiError,
-    RequestCounter, ServiceLimits,
+    clear_with, empty, health_route, json_object, list_or_no_content, not_found, string_field,
+    unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
 use crate::db::Db;
 use crate::domain::{PasswordDigest, Username};
@@ -109,13 +109,8 @@ async fn add_user<D: Db>(
 
 async fn list_users<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Response, ApiError> {
     match state.db.read(ReadOp::ListUsers).await? {
-        ReadOutcome::Users { users } if users.is_empty() => {
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        ReadOutcome::Users { users } => Ok(Json(users).into_response()),
-        other => Err(ApiError::unavailable(format!(
-            "unexpected read result {other:?}"
-        ))),
+        ReadOutcome::Users { users } => Ok(list_or_no_content(users)),
+        other => Err(unexpected_read(other)),
     }
 }
 
@@ -142,13 +137,7 @@ async fn delete_user<D: Db>(
 }
 
 async fn clear<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Response, ApiError> {
-    match state.db.write(WriteOp::ClearUsers).await {
-        Ok(WriteOutcome::Done) => Ok(empty(StatusCode::OK)),
-        Ok(other) => Err(ApiError::bad_request(format!("could not clear: {other:?}"))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not clear the database: {e}"
-        ))),
-    }
+    clear_with(&state.db, WriteOp::ClearUsers).await
 }
 
 pub(crate) fn unexpected(outcome: WriteOutcome) -> ApiError {

@@ -14,7 +14,8 @@
 //! - Publishing goes through the default exchange (routing key = queue name) with publisher
 //!   confirms: a call returns after RabbitMQ's ack; a nack is an error. Every message is sent
 //!   persistent: RabbitMQ writes persistent messages to disk only in durable queues, so a reply
-//!   to an exclusive queue costs nothing more. `correlation_id` and `reply_to` travel as the
+//!   to an exclusive queue costs nothing more. In a durable queue it costs a disk write before
+//!   the confirm (measured on 3.10: about 0.6 ms against 0.2 ms per sequential publish). `correlation_id` and `reply_to` travel as the
 //!   AMQP properties of those names. A publish to a queue nobody declared is confirmed and
 //!   dropped, as in the in-memory broker.
 //! - The broker publishes on a small pool of channels, each behind a tokio mutex held only for
@@ -31,9 +32,9 @@
 //! - A reader consumes the stream on its own channel (`basic.qos(1000)`, which RabbitMQ requires
 //!   for streams) from `x-stream-offset = from - 1`, and acks what it reads (a stream consumer's
 //!   acks give back credit). The index of a delivery is its `x-stream-offset` header + 1, never a
-//!   count: RabbitMQ starts at the beginning of the chunk holding the requested offset, so the
-//!   reader skips entries below `from`, and it reports a jump in offsets as an error rather than
-//!   hand out a gap. After a connection loss a reader returns one [`Error::LogUnavailable`];
+//!   count: RabbitMQ may start at the beginning of the chunk holding the requested offset, so
+//!   the reader skips entries below `from`, and it reports a jump in offsets as an error rather
+//!   than hand out a gap. After a connection loss a reader returns one [`Error::LogUnavailable`];
 //!   called again it waits (bounded) for the reconnection and resumes where it was.
 //! - [`Log::end`]: RabbitMQ does not tell a stream's end over AMQP 0-9-1. The `message-count`
 //!   of `queue.declare-ok` is no good: for a stream, RabbitMQ 3.10 answers with a statistics
@@ -1190,7 +1191,8 @@ impl LogReader for RabbitLogReader {
                 Err(e) => return Some(Err(e)),
             };
             if index < self.next {
-                // RabbitMQ starts at the beginning of the chunk holding the asked offset.
+                // RabbitMQ may start at the beginning of the chunk holding the asked offset
+                // (3.10 filters those out itself for a numeric offset; nothing says all do).
                 continue;
             }
             if index > self.next {
