@@ -827,3 +827,37 @@ async fn children_watch_sees_auto_created_parent_children_once() {
     let kids: BTreeSet<String> = s.children("/fresh").await.unwrap().into_iter().collect();
     assert_eq!(kids, BTreeSet::from(["deep".to_owned()]));
 }
+
+/// Task workers that run until killed.
+fn idle_task_runtime() -> rideshare_dbaas::runtime::tasks::TaskRuntime {
+    rideshare_dbaas::runtime::tasks::TaskRuntime::new(
+        std::sync::Arc::new(|_| Box::pin(std::future::pending())),
+        "conformance",
+        100,
+    )
+}
+
+#[tokio::test]
+async fn task_runtime_passes_the_runtime_suite() {
+    rideshare_dbaas::conformance::runtime_suite(|| async { idle_task_runtime() })
+        .await
+        .assert_passed();
+}
+
+#[tokio::test]
+async fn a_task_worker_that_ends_by_itself_is_no_longer_listed() {
+    use rideshare_dbaas::runtime::Runtime;
+    let runtime = rideshare_dbaas::runtime::tasks::TaskRuntime::new(
+        std::sync::Arc::new(|_| Box::pin(async {})),
+        "ends",
+        100,
+    );
+    let w = runtime.start().await.unwrap();
+    for _ in 0..100 {
+        if runtime.list().await.unwrap().is_empty() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("worker {} that ended is still listed", w.id);
+}

@@ -112,6 +112,13 @@ async fn process_runtime_conforms() {
 }
 
 #[tokio::test]
+async fn process_runtime_passes_the_runtime_suite() {
+    rideshare_dbaas::conformance::runtime_suite(|| async { ProcessRuntime::new(sleeper()) })
+        .await
+        .assert_passed();
+}
+
+#[tokio::test]
 async fn process_runtime_passes_the_id_and_logs_to_a_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
@@ -267,6 +274,20 @@ async fn docker_runtime_conforms() {
         cluster.containers(),
         Vec::<String>::new(),
         "killed and crashed workers leave no container"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the worker image: run ./scripts/test.sh"]
+async fn docker_runtime_passes_the_runtime_suite() {
+    let cluster = Cluster::new("suite");
+    let config = long_lived(&cluster);
+    rideshare_dbaas::conformance::runtime_suite(|| docker_runtime(config.clone()))
+        .await
+        .assert_passed();
+    assert!(
+        cluster.containers().is_empty(),
+        "the suite leaves no container"
     );
 }
 

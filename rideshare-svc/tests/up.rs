@@ -274,7 +274,7 @@ async fn whole_system_serves_the_contract_survives_crashes_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_load_scales_slaves_and_an_idle_window_scales_back() {
     let dir = tempfile::tempdir().unwrap();
-    let window = Duration::from_secs(3);
+    let window = Duration::from_secs(5);
     let up = start(args(dir.path(), window)).await.unwrap();
     let c = Client::new(&up);
     c.wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)

@@ -17,6 +17,7 @@
 pub mod broker;
 pub mod coord;
 pub mod log;
+pub mod runtime;
 
 use std::fmt;
 use std::future::Future;
@@ -29,6 +30,7 @@ use futures::future::BoxFuture;
 pub use broker::broker_suite;
 pub use coord::coord_suite;
 pub use log::log_suite;
+pub use runtime::runtime_suite;
 
 /// How long a case waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
