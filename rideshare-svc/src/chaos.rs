@@ -579,7 +579,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 "60 extra reads (scale out at the window's end, back in after)".into()
             }
         };
-        *injected.entry(format!("{fault:?}")).or_default() += 1;
+        // A fault the system refused (no master at that moment) was not injected.
+        let refused = what.contains("refused") || what.starts_with("no master");
+        if !refused {
+            *injected.entry(format!("{fault:?}")).or_default() += 1;
+        }
         let (ok, failed, unknown) = {
             let h = history.lock().unwrap_or_else(|e| e.into_inner());
             let ok = h
