@@ -37,7 +37,7 @@ step "chaos: the real engines under faults, checked (about 2 minutes)"
 ./target/release/rideshare chaos --duration 100s --json target/chaos.json
 
 step "cargo bench --no-run"
-cargo bench --workspace --benches --no-run
+cargo bench --workspace --bench '*' --no-run
 
 echo
 echo "all checks passed"
