@@ -105,15 +105,9 @@ pub enum Fault {
 #[derive(Debug, Serialize)]
 pub struct Figures {
     pub passed: bool,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub stale_reads: u64,
-    pub replica_mismatches: u64,
-    pub ops_ok: u64,
-    pub ops_failed: u64,
-    pub ops_unknown: u64,
-    pub unknown_applied: u64,
-    pub unknown_absent: u64,
+    /// lost, duplicated, stale_reads, replica_mismatches, ops_ok/failed/unknown, problems.
+    #[serde(flatten)]
+    pub verdict: Verdict,
     pub failover_ms_p50: u64,
     pub failover_ms_p99: u64,
     pub failover_ms_max: u64,
@@ -126,7 +120,6 @@ pub struct Figures {
     pub replicas_checked: usize,
     pub faults: BTreeMap<String, u32>,
     pub duration_s: u64,
-    pub problems: Vec<String>,
 }
 
 /// A RabbitMQ vhost and ZooKeeper chroot for one run; removed (with the run's containers) at
@@ -680,15 +673,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     replacements.sort_unstable();
     let figures = Figures {
         passed: verdict.passed(),
-        lost: verdict.lost,
-        duplicated: verdict.duplicated,
-        stale_reads: verdict.stale_reads,
-        replica_mismatches: verdict.replica_mismatches,
-        ops_ok: verdict.ops_ok,
-        ops_failed: verdict.ops_failed,
-        ops_unknown: verdict.ops_unknown,
-        unknown_applied: verdict.unknown_applied,
-        unknown_absent: verdict.unknown_absent,
+        verdict,
         failover_ms_p50: percentile(&failovers, 50.0),
         failover_ms_p99: percentile(&failovers, 99.0),
         failover_ms_max: failovers.last().copied().unwrap_or(0),
@@ -701,7 +686,6 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         replicas_checked: replica_states.len(),
         faults: injected,
         duration_s: started.elapsed().as_secs(),
-        problems: verdict.problems.clone(),
     };
     let _ = orchestrator.child.kill();
     let _ = orchestrator.child.wait();
@@ -711,7 +695,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if !figures.passed {
-        bail!("the checker found violations: {:?}", figures.problems);
+        bail!(
+            "the checker found violations: {:?}",
+            figures.verdict.problems
+        );
     }
     let missing: Vec<String> = args
         .faults
