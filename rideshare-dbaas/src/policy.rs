@@ -56,6 +56,11 @@ pub struct Plan {
 
 /// Compares what runs with what should run. `starting` counts workers started but not yet
 /// registered; they count as present, so a slow start is not answered with another start.
+///
+/// Without a master, workers start one at a time: an empty cluster gets one worker, which elects
+/// itself, and the slaves follow once it is master; a cluster whose master died first lets the
+/// election promote a slave ("elect, then start a slave"). Starting several workers into a
+/// masterless cluster would let whichever registers first win, not the lowest pid.
 pub fn reconcile(
     target_slaves: u64,
     members: &[Member],
@@ -66,6 +71,12 @@ pub fn reconcile(
         .unwrap_or(usize::MAX)
         .saturating_add(1);
     let present = members.len() + starting;
+    if present < desired && master.is_none() {
+        return Plan {
+            start: usize::from(present == 0),
+            stop: vec![],
+        };
+    }
     if present < desired {
         return Plan {
             start: desired - present,
@@ -141,8 +152,15 @@ mod tests {
     fn dead_workers_are_replaced() {
         // A master and no slave (a slave died, or was just promoted): start one.
         assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
-        // Nobody at all: start master and slave.
-        assert_eq!(reconcile(1, &[], None, 0).start, 2);
+        // Nobody at all: start the future master alone, so the lowest pid wins the election...
+        assert_eq!(reconcile(1, &[], None, 0).start, 1);
+        assert_eq!(reconcile(1, &[], None, 1), Plan::default());
+        // ...and its slave once it is master.
+        assert_eq!(reconcile(1, &[m("a", 1)], None, 0), Plan::default());
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
+        // The master died: the election goes first, the replacement after it.
+        assert_eq!(reconcile(2, &[m("b", 2), m("c", 3)], None, 0), Plan::default());
+        assert_eq!(reconcile(2, &[m("b", 2), m("c", 3)], Some("b"), 0).start, 1);
         // A start in flight counts.
         assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 1), Plan::default());
     }

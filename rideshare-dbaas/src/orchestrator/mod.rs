@@ -489,8 +489,9 @@ fn refusal_error(reply: Reply) -> Error {
     }
 }
 
-/// The supervisor: reconciles on every membership change and at least every tick.
+/// The supervisor: reconciles on every membership or master change and at least every tick.
 async fn supervise(orchestrator: Arc<Orchestrator>) {
+    let mut master_changes = orchestrator.master_changes.subscribe();
     loop {
         if let Err(e) = orchestrator.renew_session().await {
             tracing::warn!(error = %e, "coordinator unavailable");
@@ -504,6 +505,7 @@ async fn supervise(orchestrator: Arc<Orchestrator>) {
             Ok((_, changed)) => {
                 tokio::select! {
                     _ = changed => {}
+                    _ = master_changes.changed() => {}
                     _ = tick => {}
                 }
             }
