@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(reconcile(1, &[m("a", 1)], None, 0), Plan::default());
         assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
         // The master died: the election goes first, the replacement after it.
-        assert_eq!(reconcile(2, &[m("b", 2), m("c", 3)], None, 0), Plan::default());
+        assert_eq!(
+            reconcile(2, &[m("b", 2), m("c", 3)], None, 0),
+            Plan::default()
+        );
         assert_eq!(reconcile(2, &[m("b", 2), m("c", 3)], Some("b"), 0).start, 1);
         // A start in flight counts.
         assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 1), Plan::default());
