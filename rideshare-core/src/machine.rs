@@ -88,6 +88,18 @@ pub trait Store: Send {
     fn applied_index(&mut self) -> Result<u64, StoreError>;
     /// Applies a commit atomically.
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError>;
+    /// Opens a group: the commits until `end_group` become durable together, in one
+    /// transaction, which is much cheaper than one each. A store whose commits cost nothing
+    /// keeps the default, which does nothing. Groups do not nest.
+    fn begin_group(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Closes the open group: keeps its commits, or drops them all. Without an open group it
+    /// does nothing.
+    fn end_group(&mut self, keep: bool) -> Result<(), StoreError> {
+        let _ = keep;
+        Ok(())
+    }
     /// Every user with password hash, every ride with riders, and the next ride id, in a
     /// canonical order: what `checksum` digests and what snapshots carry.
     fn dump(&mut self) -> Result<Dump, StoreError>;
@@ -350,6 +362,27 @@ impl<S: Store> StateMachine<S> {
     pub fn read(&mut self, op: &ReadOp) -> Result<ReadOutcome, StoreError> {
         query(&mut self.store, op)
     }
+
+    /// Runs `f`, which applies several entries, as one group of commits: durable together
+    /// when `f` succeeds, dropped together when it fails. Whoever answers for an entry applied
+    /// in `f` must wait until this returns.
+    pub fn grouped<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.store.begin_group()?;
+        match f(self) {
+            Ok(value) => {
+                self.store.end_group(true)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // The error that ended the group is the one to report.
+                let _ = self.store.end_group(false);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// A boxed store is a store, so replicas can choose theirs at run time.
@@ -388,6 +421,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
         (**self).commit(commit)
+    }
+    fn begin_group(&mut self) -> Result<(), StoreError> {
+        (**self).begin_group()
+    }
+    fn end_group(&mut self, keep: bool) -> Result<(), StoreError> {
+        (**self).end_group(keep)
     }
     fn dump(&mut self) -> Result<Dump, StoreError> {
         (**self).dump()

@@ -70,33 +70,22 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn run<S: Store>(store: S, steps: &[Step]) -> (Vec<String>, u64) {
+/// Runs `steps` with every `group` consecutive steps in one commit group (1: no groups).
+fn run<S: Store>(store: S, steps: &[Step], group: usize) -> (Vec<String>, u64) {
     let mut machine = StateMachine::new(store);
     let mut answers = Vec::new();
     let mut writes: Vec<(RequestId, WriteOp)> = Vec::new();
     let mut index = 0;
-    for step in steps {
-        match step {
-            Step::Write(op) => {
-                index += 1;
-                let id = RequestId(format!("r{index}"));
-                let applied = machine.apply(index, &id, op).unwrap();
-                assert!(matches!(applied, Applied::Fresh(_)));
-                answers.push(format!("{applied:?}"));
-                writes.push((id, op.clone()));
-            }
-            Step::Redeliver(k) if !writes.is_empty() => {
-                let (id, op) = writes[k % writes.len()].clone();
-                index += 1;
-                let applied = machine.apply(index, &id, &op).unwrap();
-                assert!(
-                    matches!(applied, Applied::Duplicate(_)),
-                    "redelivery applied twice"
-                );
-                answers.push(format!("{applied:?}"));
-            }
-            Step::Redeliver(_) => {}
-            Step::Read(op) => answers.push(format!("{:?}", machine.read(op).unwrap())),
+    for chunk in steps.chunks(group) {
+        if group == 1 {
+            run_steps(&mut machine, chunk, &mut answers, &mut writes, &mut index);
+        } else {
+            machine
+                .grouped(|m| {
+                    run_steps(m, chunk, &mut answers, &mut writes, &mut index);
+                    Ok::<_, rideshare_core::error::StoreError>(())
+                })
+                .unwrap();
         }
     }
     // Re-applying an old index is a no-op on both.
@@ -112,16 +101,92 @@ fn run<S: Store>(store: S, steps: &[Step]) -> (Vec<String>, u64) {
     (answers, checksum)
 }
 
+fn run_steps<S: Store>(
+    machine: &mut StateMachine<S>,
+    steps: &[Step],
+    answers: &mut Vec<String>,
+    writes: &mut Vec<(RequestId, WriteOp)>,
+    index: &mut u64,
+) {
+    for step in steps {
+        match step {
+            Step::Write(op) => {
+                *index += 1;
+                let id = RequestId(format!("r{index}"));
+                let applied = machine.apply(*index, &id, op).unwrap();
+                assert!(matches!(applied, Applied::Fresh(_)));
+                answers.push(format!("{applied:?}"));
+                writes.push((id, op.clone()));
+            }
+            Step::Redeliver(k) if !writes.is_empty() => {
+                let (id, op) = writes[k % writes.len()].clone();
+                *index += 1;
+                let applied = machine.apply(*index, &id, &op).unwrap();
+                assert!(
+                    matches!(applied, Applied::Duplicate(_)),
+                    "redelivery applied twice"
+                );
+                answers.push(format!("{applied:?}"));
+            }
+            Step::Redeliver(_) => {}
+            Step::Read(op) => answers.push(format!("{:?}", machine.read(op).unwrap())),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn memory_and_sqlite_stores_give_identical_results(steps in prop::collection::vec(step(), 1..60)) {
-        let (mem_answers, mem_sum) = run(MemStore::new(), &steps);
-        let (sql_answers, sql_sum) = run(SqliteStore::in_memory().unwrap(), &steps);
-        prop_assert_eq!(mem_answers, sql_answers);
+        let (mem_answers, mem_sum) = run(MemStore::new(), &steps, 1);
+        let (sql_answers, sql_sum) = run(SqliteStore::in_memory().unwrap(), &steps, 1);
+        prop_assert_eq!(&mem_answers, &sql_answers);
         prop_assert_eq!(mem_sum, sql_sum);
+        // Commit groups change when data becomes durable, never what it is.
+        for group in [2, 7, 64] {
+            let (grouped_answers, grouped_sum) =
+                run(SqliteStore::in_memory().unwrap(), &steps, group);
+            prop_assert_eq!(&mem_answers, &grouped_answers, "groups of {}", group);
+            prop_assert_eq!(mem_sum, grouped_sum, "groups of {}", group);
+        }
     }
+}
+
+#[test]
+fn a_failed_group_is_dropped_whole_and_a_kept_one_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let add = |name: &str| WriteOp::AddUser {
+        username: Username::parse(name).unwrap(),
+        password_hash: "h".into(),
+    };
+    {
+        let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
+        m.grouped(|m| {
+            m.apply(1, &RequestId("1".into()), &add("kept1"))?;
+            m.apply(2, &RequestId("2".into()), &add("kept2"))
+        })
+        .unwrap();
+        let failed = m.grouped(|m| {
+            m.apply(3, &RequestId("3".into()), &add("dropped"))?;
+            Err::<(), _>(rideshare_core::error::StoreError::Corrupt(
+                "injected".into(),
+            ))
+        });
+        assert!(failed.is_err());
+        // The store is usable after the drop, and the dropped index can be applied again.
+        assert_eq!(m.applied_index().unwrap(), 2);
+        m.apply(3, &RequestId("3b".into()), &add("after")).unwrap();
+        // Groups do not nest.
+        let nested = m.grouped(|m| m.grouped(|_| Ok::<_, rideshare_core::error::StoreError>(())));
+        assert!(nested.is_err());
+    }
+    let mut m = StateMachine::new(SqliteStore::open(&path).unwrap());
+    assert_eq!(m.applied_index().unwrap(), 3);
+    let users = m.store().list_users().unwrap();
+    let names: Vec<&str> = users.iter().map(Username::as_str).collect();
+    assert_eq!(names, ["kept1", "kept2", "after"]);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use rideshare_core::machine::{Applied, StateMachine, Store};
 use rideshare_core::ops::{RequestId, WriteOutcome};
 use tokio::sync::{oneshot, watch};
@@ -73,6 +74,19 @@ pub struct WorkerDeps {
 
 type Waiter = oneshot::Sender<std::result::Result<(u64, WriteOutcome), Refusal>>;
 
+/// What applying a record tells others, once its commit group is durable.
+enum Effect {
+    /// The master's own write: its waiters get this answer.
+    Answer(RequestId, std::result::Result<(u64, WriteOutcome), Refusal>),
+    /// A newer epoch marker: this master is deposed and answers nothing more.
+    Deposed,
+}
+
+/// Records applied in one commit group at most: those already waiting when one arrives
+/// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per group,
+/// not per entry, and holds its store for a bounded time.
+const APPLY_GROUP: usize = 256;
+
 /// State shared by a worker's tasks.
 struct Shared {
     config: WorkerConfig,
@@ -114,28 +128,57 @@ impl Shared {
         }
     }
 
-    /// Applies one log record: the replica's only way to change its state.
-    fn apply_record(&self, record: Record) -> Result<()> {
+    /// Applies log records in order, in one commit group: the replica's only way to change its
+    /// state. Nobody hears of an entry (waiters, the applied index, a deposition) before the
+    /// group is durable.
+    fn apply_records(&self, records: Vec<Record>) -> Result<()> {
+        let Some(last) = records.last().map(|r| r.index) else {
+            return Ok(());
+        };
+        let mut effects = Vec::new();
+        self.machine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .grouped(|machine| {
+                for record in records {
+                    self.apply_record(machine, record, &mut effects)?;
+                }
+                Ok::<_, Error>(())
+            })?;
+        for effect in effects {
+            match effect {
+                Effect::Answer(request_id, result) => self.resolve(&request_id, result),
+                Effect::Deposed => {
+                    self.deposed.send_replace(true);
+                    self.fail_all_pending();
+                }
+            }
+        }
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    fn apply_record(
+        &self,
+        machine: &mut StateMachine<Box<dyn Store>>,
+        record: Record,
+        effects: &mut Vec<Effect>,
+    ) -> Result<()> {
         let index = record.index;
         let entry = match decode_versioned::<LogEntry>(&record.data) {
             Ok(entry) => entry,
             Err(e) => {
                 // Every replica skips the same undecodable entry, so they stay identical.
                 tracing::warn!(index, error = %e, "skipping undecodable log entry");
-                self.machine
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .skip(index)?;
-                self.applied.send_replace(index);
+                machine.skip(index)?;
                 return Ok(());
             }
         };
         let my_epoch = self.my_epoch.load(Ordering::SeqCst);
-        let mut machine = self.machine.lock().unwrap_or_else(|e| e.into_inner());
         match entry.body {
             EntryBody::EpochMarker { .. } => {
                 machine.skip(index)?;
-                drop(machine);
+                // Later entries of this group are judged by this marker already.
                 if entry.epoch > self.epoch.load(Ordering::SeqCst) {
                     self.epoch.store(entry.epoch, Ordering::SeqCst);
                 }
@@ -145,8 +188,7 @@ impl Shared {
                         new_epoch = entry.epoch,
                         "deposed by a newer master"
                     );
-                    self.deposed.send_replace(true);
-                    self.fail_all_pending();
+                    effects.push(Effect::Deposed);
                 }
             }
             EntryBody::Write { request_id, op } => {
@@ -163,17 +205,15 @@ impl Shared {
                     machine.skip(index)?;
                     Some(Err(Refusal::NotMaster))
                 };
-                drop(machine);
                 // Only the appender waits on its own entries; an older master's entry with the
                 // same request id must not answer this master's waiter.
                 if my_epoch != 0 && entry.epoch == my_epoch {
                     if let Some(result) = result {
-                        self.resolve(&request_id, result);
+                        effects.push(Effect::Answer(request_id, result));
                     }
                 }
             }
         }
-        self.applied.send_replace(index);
         Ok(())
     }
 
@@ -265,11 +305,28 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Follows the log from after `start_index` and applies every entry.
+/// Follows the log from after `start_index` and applies every entry, grouping those that are
+/// already there (`LogReader::next` is cancel-safe, so asking without waiting loses nothing).
 async fn tail(shared: Arc<Shared>, log: Arc<dyn Log>, start_index: u64) -> Result<()> {
     let mut reader = log.read_from(start_index + 1).await?;
-    while let Some(record) = reader.next().await {
-        shared.apply_record(record?)?;
+    while let Some(first) = reader.next().await {
+        let mut group = vec![first?];
+        let mut failed = None;
+        while group.len() < APPLY_GROUP {
+            match reader.next().now_or_never() {
+                Some(Some(Ok(record))) => group.push(record),
+                Some(Some(Err(e))) => {
+                    failed = Some(e);
+                    break;
+                }
+                // Nothing more yet, or the log closed (the next wait says so).
+                Some(None) | None => break,
+            }
+        }
+        shared.apply_records(group)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     Err(Error::LogUnavailable("log closed".into()))
 }

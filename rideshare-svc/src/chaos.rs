@@ -188,8 +188,6 @@ fn spawn_orchestrator(
             "orchestrator",
             "--listen",
             &listen.to_string(),
-            "--amqp-url",
-            &ns.amqp,
             "--zk",
             &ns.zk,
             "--zk-session-timeout",
@@ -216,6 +214,8 @@ fn spawn_orchestrator(
             "--reads-per-slave",
             &args.reads_per_slave.to_string(),
         ])
+        // The URL holds the password: the environment, not the command line.
+        .env("RIDESHARE_AMQP_URL", &ns.amqp)
         .env("RIDESHARE_LOG", "info")
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -65,11 +65,10 @@ impl EngineArgs {
     }
 
     /// The flags every worker the runtime starts gets, after `worker` (the runtime adds `--id`).
+    /// The AMQP URL is not among them: it goes in the environment (`worker_env`).
     fn worker_args(&self, runtime: &RuntimeArgs) -> anyhow::Result<Vec<String>> {
-        let (amqp, zk) = self.urls()?;
+        let (_, zk) = self.urls()?;
         Ok(vec![
-            "--amqp-url".into(),
-            amqp.into(),
             "--zk".into(),
             zk.into(),
             "--zk-session-timeout".into(),
@@ -79,6 +78,15 @@ impl EngineArgs {
             "--data-dir".into(),
             runtime.worker_data_dir.display().to_string(),
         ])
+    }
+}
+
+impl EngineArgs {
+    /// The environment every worker gets: the AMQP URL, password included, which a command
+    /// line would show to every user of the host through `ps`.
+    fn worker_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let (amqp, _) = self.urls()?;
+        Ok(vec![("RIDESHARE_AMQP_URL".to_owned(), amqp.to_owned())])
     }
 }
 
@@ -96,6 +104,7 @@ impl Engines {
 /// The runtime the flags ask for.
 pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result<Arc<dyn Runtime>> {
     let worker_args = engines.worker_args(args)?;
+    let worker_env = engines.worker_env()?;
     Ok(match args.runtime {
         RuntimeKind::Process => {
             // A worker process follows its orchestrator out: a restarted orchestrator cannot
@@ -104,6 +113,7 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
             process_args.extend(worker_args);
             let mut config = ProcessConfig {
                 args: process_args,
+                env: worker_env,
                 id_prefix: format!("{}-worker", args.cluster),
                 ..ProcessConfig::default()
             };
@@ -116,6 +126,7 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
             let docker = DockerRuntime::new(DockerConfig {
                 image: args.worker_image.clone(),
                 args: worker_args,
+                env: worker_env,
                 cluster: args.cluster.clone(),
                 network_mode: args.docker_network.clone(),
                 id_prefix: format!("{}-worker", args.cluster),

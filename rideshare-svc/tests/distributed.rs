@@ -6,22 +6,22 @@
 //! `RIDESHARE_ZK` (default 127.0.0.1:2181), the Docker engine and the worker image:
 //! `./scripts/test.sh` starts and builds all of them. They fail, loudly, when one is missing.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{up_args, Client};
 use reqwest::{Method, StatusCode};
-use rideshare_core::clock::Zone;
 use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 use rideshare_core::Username;
 use rideshare_dbaas::client::OrchestratorDb;
-use rideshare_svc::cli::{EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, UpArgs};
-use rideshare_svc::up::{start, Up};
-use serde_json::{json, Value};
-
-const PASSWORD: &str = "3d4f2bf07dc1be38b20cd6e46949a1071f9d0e3d";
+use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::up::start;
+use serde_json::json;
 
 /// The tests restart RabbitMQ or load the machine: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -111,26 +111,12 @@ impl Drop for Namespace {
 }
 
 fn args(ns: &Namespace, data_dir: &Path, runtime: RuntimeKind) -> UpArgs {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    UpArgs {
-        data_dir: data_dir.to_path_buf(),
-        gateway: any,
-        users: any,
-        rides: any,
-        orchestrator: any,
-        scaling: ScalingArgs {
-            scale_interval: Duration::from_secs(600),
-            reads_per_slave: 20,
-            max_slaves: 16,
-        },
-        http: HttpArgs {
-            max_body_bytes: 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            tz: Zone::Local,
-        },
-        engines: engine_args(ns),
-        runtime: runtime_args(ns, runtime),
-    }
+    up_args(
+        data_dir,
+        Duration::from_secs(600),
+        engine_args(ns),
+        runtime_args(ns, runtime),
+    )
 }
 
 fn engine_args(ns: &Namespace) -> EngineArgs {
@@ -162,85 +148,6 @@ fn require_image() {
         out.status.success(),
         "the worker image rideshare-worker:latest is missing: run scripts/build-worker-image.sh"
     );
-}
-
-struct Client {
-    http: reqwest::Client,
-    gateway: String,
-    orchestrator: String,
-}
-
-impl Client {
-    fn new(up: &Up) -> Self {
-        Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            gateway: format!("http://{}", up.gateway),
-            orchestrator: format!("http://{}", up.orchestrator),
-        }
-    }
-
-    async fn call(&self, method: Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.call(method, format!("{}{path}", self.gateway), body)
-            .await
-    }
-
-    async fn orch(&self, method: Method, path: &str) -> (StatusCode, Value) {
-        self.call(method, format!("{}{path}", self.orchestrator), None)
-            .await
-    }
-
-    async fn add_user(&self, name: &str) -> StatusCode {
-        self.api(
-            Method::PUT,
-            "/api/v1/users",
-            Some(json!({"username": name, "password": PASSWORD})),
-        )
-        .await
-        .0
-    }
-
-    async fn users(&self) -> Vec<String> {
-        match self.api(Method::GET, "/api/v1/users", None).await {
-            (StatusCode::NO_CONTENT, _) => vec![],
-            (StatusCode::OK, body) => serde_json::from_value(body).unwrap(),
-            other => panic!("listing users: {other:?}"),
-        }
-    }
-
-    async fn pids(&self) -> Vec<u64> {
-        let (status, body) = self.orch(Method::GET, "/api/v1/worker/list").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn wait_for_pids(
-        &self,
-        bound: Duration,
-        check: impl Fn(&[u64]) -> bool,
-    ) -> (Vec<u64>, Duration) {
-        let started = Instant::now();
-        loop {
-            let pids = self.pids().await;
-            if check(&pids) || started.elapsed() > bound {
-                return (pids, started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// Host pids of the namespace's running worker containers, as `docker inspect` shows them.
@@ -421,8 +328,6 @@ fn spawn_orchestrator(ns: &Namespace, listen: SocketAddr) -> std::process::Child
             "orchestrator",
             "--listen",
             &listen.to_string(),
-            "--amqp-url",
-            &ns.amqp,
             "--zk",
             &ns.zk,
             "--zk-session-timeout",
@@ -432,6 +337,8 @@ fn spawn_orchestrator(ns: &Namespace, listen: SocketAddr) -> std::process::Child
             "--cluster",
             &ns.name,
         ])
+        // The URL holds the password: the environment, not the command line.
+        .env("RIDESHARE_AMQP_URL", &ns.amqp)
         .env("RIDESHARE_LOG", "warn")
         .spawn()
         .expect("spawn rideshare orchestrator")

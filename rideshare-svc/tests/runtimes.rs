@@ -98,6 +98,7 @@ fn sleeper() -> ProcessConfig {
     ProcessConfig {
         program: "/bin/sleep".into(),
         args: vec!["30".to_owned()],
+        env: vec![],
         id_prefix: "test-worker".to_owned(),
         // `sleep` takes no id.
         id_arg: None,
@@ -125,7 +126,11 @@ async fn process_runtime_passes_the_id_and_logs_to_a_file() {
     // `sh -c SCRIPT --id ID` binds $0 to `--id` and $1 to ID.
     let rt = ProcessRuntime::new(ProcessConfig {
         program: "/bin/sh".into(),
-        args: vec!["-c".to_owned(), r#"echo "$0 $1"; exec sleep 30"#.to_owned()],
+        args: vec![
+            "-c".to_owned(),
+            r#"echo "$0 $1 $RIDESHARE_TEST_SECRET"; exec sleep 30"#.to_owned(),
+        ],
+        env: vec![("RIDESHARE_TEST_SECRET".to_owned(), "s3cret".to_owned())],
         id_prefix: "logged".to_owned(),
         id_arg: Some("--id".to_owned()),
         log_dir: Some(logs.clone()),
@@ -141,7 +146,7 @@ async fn process_runtime_passes_the_id_and_logs_to_a_file() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(text, format!("--id {}\n", w.id));
+    assert_eq!(text, format!("--id {} s3cret\n", w.id));
     rt.kill(&w.id).await.expect("kill");
 }
 

@@ -2,43 +2,29 @@
 //! through the gateway, the orchestrator's crash and list endpoints, failover, scaling, and data
 //! surviving a restart.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{up_args, Client};
 use reqwest::StatusCode;
-use rideshare_core::clock::Zone;
-use rideshare_svc::cli::{EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, UpArgs};
-use rideshare_svc::up::{start, Up};
-use serde_json::{json, Value};
+use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::up::start;
+use serde_json::json;
 
-const PASSWORD: &str = "3d4f2bf07dc1be38b20cd6e46949a1071f9d0e3d";
-
+/// Fully embedded: no engine flags.
 fn args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    UpArgs {
-        data_dir: data_dir.to_path_buf(),
-        gateway: any,
-        users: any,
-        rides: any,
-        orchestrator: any,
-        scaling: ScalingArgs {
-            scale_interval,
-            reads_per_slave: 20,
-            max_slaves: 16,
-        },
-        http: HttpArgs {
-            max_body_bytes: 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            tz: Zone::Local,
-        },
-        engines: EngineArgs {
+    up_args(
+        data_dir,
+        scale_interval,
+        EngineArgs {
             amqp_url: None,
             zk: None,
             zk_session_timeout: Duration::from_secs(4),
             log_stream: "rideshare.log".into(),
         },
-        runtime: RuntimeArgs {
+        RuntimeArgs {
             runtime: RuntimeKind::Docker,
             worker_image: "rideshare-worker:latest".into(),
             docker_network: "host".into(),
@@ -46,99 +32,7 @@ fn args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
             worker_program: None,
             worker_data_dir: data_dir.join("workers"),
         },
-    }
-}
-
-struct Client {
-    http: reqwest::Client,
-    gateway: String,
-    orchestrator: String,
-}
-
-impl Client {
-    fn new(up: &Up) -> Self {
-        Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            gateway: format!("http://{}", up.gateway),
-            orchestrator: format!("http://{}", up.orchestrator),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        url: String,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, value)
-    }
-
-    async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        self.send(method, format!("{}{path}", self.gateway), body)
-            .await
-    }
-
-    async fn orch(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
-        self.send(method, format!("{}{path}", self.orchestrator), None)
-            .await
-    }
-
-    async fn add_user(&self, name: &str) -> StatusCode {
-        self.api(
-            reqwest::Method::PUT,
-            "/api/v1/users",
-            Some(json!({"username": name, "password": PASSWORD})),
-        )
-        .await
-        .0
-    }
-
-    async fn users(&self) -> Vec<String> {
-        let (status, body) = self.api(reqwest::Method::GET, "/api/v1/users", None).await;
-        if status == StatusCode::NO_CONTENT {
-            return vec![];
-        }
-        assert_eq!(status, StatusCode::OK);
-        serde_json::from_value(body).unwrap()
-    }
-
-    async fn pids(&self) -> Vec<u64> {
-        let (status, body) = self.orch(reqwest::Method::GET, "/api/v1/worker/list").await;
-        assert_eq!(status, StatusCode::OK);
-        serde_json::from_value(body).unwrap()
-    }
-
-    /// Polls the worker list until `check` holds, at most `bound`; returns the last list.
-    async fn wait_for_pids(&self, bound: Duration, check: impl Fn(&[u64]) -> bool) -> Vec<u64> {
-        let started = Instant::now();
-        loop {
-            let pids = self.pids().await;
-            if check(&pids) || started.elapsed() > bound {
-                return pids;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +46,8 @@ async fn whole_system_serves_the_contract_survives_crashes_and_restarts() {
 
     let pids = c
         .wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await;
+        .await
+        .0;
     assert_eq!(pids.len(), 2, "one master and one slave at start: {pids:?}");
 
     // The contract through the gateway.
@@ -215,7 +110,8 @@ async fn whole_system_serves_the_contract_survives_crashes_and_restarts() {
         .wait_for_pids(Duration::from_secs(2), |p| {
             p.len() == 2 && !p.contains(&killed)
         })
-        .await;
+        .await
+        .0;
     assert!(
         after.len() == 2 && !after.contains(&killed),
         "no replacement slave within 2 s: {after:?}"
@@ -245,7 +141,8 @@ async fn whole_system_serves_the_contract_survives_crashes_and_restarts() {
         .wait_for_pids(Duration::from_secs(2), |p| {
             p.len() == 2 && !p.contains(&master)
         })
-        .await;
+        .await
+        .0;
     assert!(!after.contains(&master) && after.len() == 2, "{after:?}");
     assert_eq!(
         c.users().await,
@@ -295,14 +192,14 @@ async fn read_load_scales_slaves_and_an_idle_window_scales_back() {
         started.elapsed() < window,
         "the reads did not fit in one window"
     );
-    let pids = c.wait_for_pids(window * 2, |p| p.len() == 4).await;
+    let pids = c.wait_for_pids(window * 2, |p| p.len() == 4).await.0;
     assert_eq!(
         pids.len(),
         4,
         "45 reads should give 1 master + 3 slaves: {pids:?}"
     );
     // A window with no reads: back to 1 slave, and nobody respawns the stopped ones.
-    let pids = c.wait_for_pids(window * 2, |p| p.len() == 2).await;
+    let pids = c.wait_for_pids(window * 2, |p| p.len() == 2).await.0;
     assert_eq!(
         pids.len(),
         2,

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -74,6 +74,8 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
 
 pub struct SqliteStore {
     conn: SqliteConnection,
+    /// A group (`begin_group`) holds the transaction open: commits then run inside it.
+    grouped: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -104,7 +106,10 @@ impl SqliteStore {
         .map_err(db_err)?;
         conn.run_pending_migrations(MIGRATIONS)
             .map_err(StoreError::Sqlite)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            grouped: false,
+        })
     }
 
     fn meta_value(&mut self, key: &str) -> Result<u64, StoreError> {
@@ -302,28 +307,54 @@ impl Store for SqliteStore {
             None => None,
         };
         let horizon = to_i64(commit.index.saturating_sub(REQUEST_MEMORY))?;
-        self.conn
-            .immediate_transaction(|conn| {
-                for mutation in commit.mutations {
-                    apply_mutation(conn, mutation)?;
-                }
-                if let Some((id, outcome)) = request {
-                    diesel::insert_or_ignore_into(requests::table)
-                        .values((
-                            requests::request_id.eq(id),
-                            requests::log_index.eq(index),
-                            requests::outcome.eq(outcome),
-                        ))
-                        .execute(conn)?;
-                }
-                diesel::delete(requests::table.filter(requests::log_index.le(horizon)))
+        let write = |conn: &mut SqliteConnection| {
+            for mutation in commit.mutations {
+                apply_mutation(conn, mutation)?;
+            }
+            if let Some((id, outcome)) = request {
+                diesel::insert_or_ignore_into(requests::table)
+                    .values((
+                        requests::request_id.eq(id),
+                        requests::log_index.eq(index),
+                        requests::outcome.eq(outcome),
+                    ))
                     .execute(conn)?;
-                diesel::update(meta::table.filter(meta::key.eq("applied_index")))
-                    .set(meta::value.eq(index))
-                    .execute(conn)?;
-                Ok::<_, diesel::result::Error>(())
-            })
-            .map_err(db_err)
+            }
+            diesel::delete(requests::table.filter(requests::log_index.le(horizon)))
+                .execute(conn)?;
+            diesel::update(meta::table.filter(meta::key.eq("applied_index")))
+                .set(meta::value.eq(index))
+                .execute(conn)?;
+            Ok::<_, diesel::result::Error>(())
+        };
+        if self.grouped {
+            // Inside the group's transaction: a failure here fails the group, which the
+            // caller then drops whole (`end_group(false)`).
+            write(&mut self.conn).map_err(db_err)
+        } else {
+            self.conn.immediate_transaction(write).map_err(db_err)
+        }
+    }
+
+    fn begin_group(&mut self) -> Result<(), StoreError> {
+        if self.grouped {
+            return Err(StoreError::Corrupt("commit groups do not nest".into()));
+        }
+        AnsiTransactionManager::begin_transaction_sql(&mut self.conn, "BEGIN IMMEDIATE")
+            .map_err(db_err)?;
+        self.grouped = true;
+        Ok(())
+    }
+
+    fn end_group(&mut self, keep: bool) -> Result<(), StoreError> {
+        if !std::mem::replace(&mut self.grouped, false) {
+            return Ok(());
+        }
+        if keep {
+            AnsiTransactionManager::commit_transaction(&mut self.conn).map_err(db_err)
+        } else {
+            AnsiTransactionManager::rollback_transaction(&mut self.conn).map_err(db_err)
+        }
     }
 
     fn dump(&mut self) -> Result<Dump, StoreError> {

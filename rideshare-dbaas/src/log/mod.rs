@@ -30,6 +30,9 @@ pub struct Record {
 #[async_trait]
 pub trait LogReader: Send {
     /// The next entry, waiting for one to be appended; `None` once the log is closed.
+    ///
+    /// Cancel-safe: dropping the future before it is ready loses no entry, so a caller may
+    /// poll it once to take what is already there (`now_or_never`).
     async fn next(&mut self) -> Option<Result<Record>>;
 }
 

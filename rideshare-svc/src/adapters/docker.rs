@@ -35,8 +35,11 @@ pub struct DockerConfig {
     pub image: String,
     /// The subcommand, before `args` (default `["worker"]`).
     pub cmd_prefix: Vec<String>,
-    /// Arguments every worker gets, e.g. `["--amqp-url", ..., "--zk", ...]`.
+    /// Arguments every worker gets, e.g. `["--zk", ...]`.
     pub args: Vec<String>,
+    /// Environment variables every worker gets, e.g. the AMQP URL, which carries a password and
+    /// so stays off the command line.
+    pub env: Vec<(String, String)>,
     /// Value of the `rideshare.cluster` label: this runtime's containers are those with it.
     pub cluster: String,
     /// Docker network mode; `host` (default) lets workers reach engines on loopback.
@@ -53,6 +56,7 @@ impl Default for DockerConfig {
             image: "rideshare-worker:latest".to_owned(),
             cmd_prefix: vec!["worker".to_owned()],
             args: Vec::new(),
+            env: Vec::new(),
             cluster: "rideshare".to_owned(),
             network_mode: "host".to_owned(),
             id_prefix: "rideshare-worker".to_owned(),
@@ -244,6 +248,13 @@ impl Runtime for DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(self.config.image.clone()),
             cmd: Some(self.cmd(&name)),
+            env: Some(
+                self.config
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
                 network_mode: Some(self.config.network_mode.clone()),

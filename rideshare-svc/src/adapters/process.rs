@@ -28,8 +28,11 @@ use rideshare_dbaas::runtime::{Runtime, WorkerHandle};
 pub struct ProcessConfig {
     /// The program to run: the `rideshare` binary (default: this executable).
     pub program: PathBuf,
-    /// Arguments every worker gets, e.g. `["worker", "--amqp-url", ..., "--zk", ...]`.
+    /// Arguments every worker gets, e.g. `["worker", "--zk", ...]`.
     pub args: Vec<String>,
+    /// Environment variables every worker gets on top of this process's, e.g. the AMQP URL,
+    /// which carries a password and so stays off the command line (`ps` shows that to all).
+    pub env: Vec<(String, String)>,
     /// Worker ids are `<id_prefix>-<random hex>`.
     pub id_prefix: String,
     /// The flag the id is passed with, after `args` (default `--id`); `None` passes no id, for
@@ -47,6 +50,7 @@ impl Default for ProcessConfig {
             // error if that is wrong too.
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rideshare")),
             args: vec!["worker".to_owned()],
+            env: Vec::new(),
             id_prefix: "worker".to_owned(),
             id_arg: Some("--id".to_owned()),
             log_dir: None,
@@ -98,6 +102,7 @@ impl ProcessRuntime {
     fn command(&self, id: &str) -> Result<Command> {
         let mut cmd = Command::new(&self.config.program);
         cmd.args(&self.config.args);
+        cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         if let Some(flag) = &self.config.id_arg {
             cmd.arg(flag).arg(id);
         }
