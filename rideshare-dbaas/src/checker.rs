@@ -126,6 +126,8 @@ pub struct Verdict {
     pub duplicated: u64,
     pub stale_reads: u64,
     pub replica_mismatches: u64,
+    /// Replicas that had not applied the whole log when checked (once quiet, none may be).
+    pub replicas_behind: u64,
     pub ops_ok: u64,
     pub ops_failed: u64,
     pub ops_unknown: u64,
@@ -142,6 +144,7 @@ impl Verdict {
             && self.duplicated == 0
             && self.stale_reads == 0
             && self.replica_mismatches == 0
+            && self.replicas_behind == 0
     }
 
     fn problem(&mut self, text: String) {
@@ -229,7 +232,13 @@ pub fn check<S: Store>(
     }
     let want = replay.checksum()?;
     for replica in replicas {
-        if replica.applied_index >= replay.end && replica.checksum != want {
+        if replica.applied_index < replay.end {
+            verdict.replicas_behind += 1;
+            verdict.problem(format!(
+                "replica {} is at index {}, short of the log's {}",
+                replica.worker, replica.applied_index, replay.end
+            ));
+        } else if replica.checksum != want {
             verdict.replica_mismatches += 1;
             verdict.problem(format!(
                 "replica {} at index {} has checksum {:x}; the log gives {want:x}",
@@ -356,9 +365,16 @@ mod tests {
                 applied_index: 3,
                 checksum: want ^ 1,
             },
+            ReplicaState {
+                worker: "w3".into(),
+                applied_index: 2,
+                checksum: want,
+            },
         ];
         let verdict = check(&[], &mut replay, &replicas).unwrap();
         assert_eq!(verdict.replica_mismatches, 1);
+        assert_eq!(verdict.replicas_behind, 1, "a replica short of the log");
+        assert!(!verdict.passed());
         assert_eq!(
             verdict.duplicated, 0,
             "a redelivered request id applies once"

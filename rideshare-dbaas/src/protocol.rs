@@ -123,6 +123,27 @@ pub struct MemberRecord {
     pub id: String,
     pub pid: u32,
     pub role: Role,
+    /// How the worker caught up with the log at its start; absent until it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
+    /// The replica's state, published once the log has been quiet for a moment: what lets
+    /// anyone compare every replica, the master included, without asking the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateDigest>,
+}
+
+/// A worker's catch-up at start: log entries applied before it served, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub entries: u64,
+    pub ms: u64,
+}
+
+/// A replica's state in brief: its applied log index and the checksum of its data there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    pub applied_index: u64,
+    pub checksum: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use rideshare_core::machine::{Applied, StateMachine, Store};
-use rideshare_core::ops::{RequestId, WriteOutcome};
+use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOutcome};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -29,8 +29,9 @@ use crate::error::{Error, Result};
 use crate::log::{Log, Record};
 use crate::policy::{elect, Member};
 use crate::protocol::{
-    decode, decode_versioned, encode, EntryBody, LogEntry, MasterRecord, MemberRecord, ReadRequest,
-    Refusal, Reply, Role, WriteRequest, EPOCHS, MASTER, READ_QUEUE, VERSION, WORKERS, WRITE_QUEUE,
+    decode, decode_versioned, encode, CatchUp, EntryBody, LogEntry, MasterRecord, MemberRecord,
+    ReadRequest, Refusal, Reply, Role, StateDigest, WriteRequest, EPOCHS, MASTER, READ_QUEUE,
+    VERSION, WORKERS, WRITE_QUEUE,
 };
 
 /// A worker's settings. Every wait has a bound.
@@ -101,6 +102,9 @@ struct Shared {
     pending: Mutex<HashMap<RequestId, Vec<Waiter>>>,
     /// Set when a newer epoch marker shows this worker is no longer master.
     deposed: watch::Sender<bool>,
+    /// This worker's member record as last written to its node; every change goes through
+    /// this lock, so concurrent updates (role, state) do not undo each other.
+    member: tokio::sync::Mutex<MemberRecord>,
 }
 
 impl Shared {
@@ -217,6 +221,39 @@ impl Shared {
         Ok(())
     }
 
+    /// Changes this worker's member record and writes it to its node.
+    async fn update_member(
+        &self,
+        session: &dyn Session,
+        path: &str,
+        change: impl FnOnce(&mut MemberRecord),
+    ) -> Result<()> {
+        let mut member = self.member.lock().await;
+        change(&mut member);
+        session.set(path, encode(&*member), None).await
+    }
+
+    /// The applied index and the checksum of the data there, read together.
+    fn digest(&self) -> Result<StateDigest> {
+        let outcome = self
+            .machine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(&ReadOp::Checksum)?;
+        match outcome {
+            ReadOutcome::Checksum {
+                checksum,
+                applied_index,
+            } => Ok(StateDigest {
+                applied_index,
+                checksum,
+            }),
+            other => Err(Error::Protocol(format!(
+                "a checksum read answered {other:?}"
+            ))),
+        }
+    }
+
     async fn wait_applied(&self, index: u64, bound: Duration) -> bool {
         let mut rx = self.applied.subscribe();
         let reached = tokio::time::timeout(bound, rx.wait_for(|applied| *applied >= index))
@@ -246,6 +283,13 @@ pub async fn run_worker(
         my_epoch: AtomicU64::new(0),
         pending: Mutex::default(),
         deposed,
+        member: tokio::sync::Mutex::new(MemberRecord {
+            id: config.id.clone(),
+            pid: config.pid,
+            role: Role::Slave,
+            catch_up: None,
+            state: None,
+        }),
     });
     let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
     deps.broker.declare(READ_QUEUE).await?;
@@ -258,20 +302,17 @@ pub async fn run_worker(
         start_index,
     ));
 
-    let member = MemberRecord {
-        id: config.id.clone(),
-        pid: config.pid,
-        role: Role::Slave,
-    };
+    let registered = encode(&*shared.member.lock().await);
     let member_path = session
         .create(
             &format!("{WORKERS}/w-"),
-            encode(&member),
+            registered,
             CreateMode::EphemeralSequential,
         )
         .await?;
     tracing::info!(id = %config.id, pid = config.pid, path = %member_path, "worker registered");
 
+    let catch_up_started = std::time::Instant::now();
     let end = deps.log.end().await?;
     let lost = session.lost();
     tokio::select! {
@@ -282,7 +323,27 @@ pub async fn run_worker(
         }
         _ = lost => return Err(Error::SessionExpired),
     }
-    tracing::info!(id = %config.id, index = end, "caught up with the log");
+    let catch_up = CatchUp {
+        entries: end.saturating_sub(start_index),
+        ms: duration_ms(catch_up_started.elapsed()),
+    };
+    tracing::info!(
+        id = %config.id,
+        index = end,
+        entries = catch_up.entries,
+        ms = catch_up.ms,
+        "caught up with the log"
+    );
+    shared
+        .update_member(session.as_ref(), &member_path, |m| {
+            m.catch_up = Some(catch_up);
+        })
+        .await?;
+    tasks.spawn(publish_state(
+        Arc::clone(&shared),
+        Arc::clone(&session),
+        member_path.clone(),
+    ));
 
     let roles = serve_roles(
         Arc::clone(&shared),
@@ -331,6 +392,46 @@ async fn tail(shared: Arc<Shared>, log: Arc<dyn Log>, start_index: u64) -> Resul
     Err(Error::LogUnavailable("log closed".into()))
 }
 
+/// How long the log must be quiet before a replica publishes its state digest.
+const STATE_QUIET: Duration = Duration::from_secs(1);
+/// Publications at most this often: a digest reads the whole store.
+const STATE_EVERY: Duration = Duration::from_secs(5);
+
+/// Publishes the replica's state digest in its member node now, then after every change to it
+/// once the log has been quiet for `STATE_QUIET`, at most every `STATE_EVERY`. A failed
+/// publication is retried at the next one; losing the session ends the worker elsewhere.
+async fn publish_state(
+    shared: Arc<Shared>,
+    session: Arc<dyn Session>,
+    member_path: String,
+) -> Result<()> {
+    let mut applied = shared.applied.subscribe();
+    let mut published: Option<u64> = None;
+    loop {
+        let digest = shared.digest()?;
+        if published != Some(digest.applied_index) {
+            match shared
+                .update_member(session.as_ref(), &member_path, |m| m.state = Some(digest))
+                .await
+            {
+                Ok(()) => published = Some(digest.applied_index),
+                Err(e) => tracing::warn!(error = %e, "could not publish the state digest"),
+            }
+        }
+        tokio::time::sleep(STATE_EVERY).await;
+        // Something new applied since, then quiet.
+        if *applied.borrow_and_update() == digest.applied_index && applied.changed().await.is_err()
+        {
+            return Ok(());
+        }
+        while let Ok(changed) = tokio::time::timeout(STATE_QUIET, applied.changed()).await {
+            if changed.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Serves as a slave until elected, then as master until something ends it.
 async fn serve_roles(
     shared: Arc<Shared>,
@@ -373,12 +474,9 @@ async fn serve_roles(
         }
     }
     reads.abort();
-    let record = MemberRecord {
-        id: shared.config.id.clone(),
-        pid: shared.config.pid,
-        role: Role::Master,
-    };
-    session.set(&member_path, encode(&record), None).await?;
+    shared
+        .update_member(session.as_ref(), &member_path, |m| m.role = Role::Master)
+        .await?;
     serve_writes(shared, deps, session).await
 }
 
