@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     pub write_wait: Duration,
     /// Bound on catching up with the log at start.
     pub catch_up_wait: Duration,
+    /// Log entries applied in one commit group at most: those already waiting when one arrives
+    /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
+    /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
+    pub apply_group: usize,
 }
 
 impl WorkerConfig {
@@ -61,6 +65,7 @@ impl WorkerConfig {
             read_wait: Duration::from_secs(2),
             write_wait: Duration::from_secs(5),
             catch_up_wait: Duration::from_secs(300),
+            apply_group: 256,
         }
     }
 }
@@ -82,11 +87,6 @@ enum Effect {
     /// A newer epoch marker: this master is deposed and answers nothing more.
     Deposed,
 }
-
-/// Records applied in one commit group at most: those already waiting when one arrives
-/// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per group,
-/// not per entry, and holds its store for a bounded time.
-const APPLY_GROUP: usize = 256;
 
 /// State shared by a worker's tasks.
 struct Shared {
@@ -373,7 +373,7 @@ async fn tail(shared: Arc<Shared>, log: Arc<dyn Log>, start_index: u64) -> Resul
     while let Some(first) = reader.next().await {
         let mut group = vec![first?];
         let mut failed = None;
-        while group.len() < APPLY_GROUP {
+        while group.len() < shared.config.apply_group {
             match reader.next().now_or_never() {
                 Some(Some(Ok(record))) => group.push(record),
                 Some(Some(Err(e))) => {

@@ -10,8 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RIDESHARE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("RIDESHARE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn")
+            }),
         )
         .with_target(false)
         .init();
