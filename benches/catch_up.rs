@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rideshare_core::ops::{RequestId, WriteOp};
+mod workload;
+
+use rideshare_core::ops::RequestId;
 use rideshare_core::store::SqliteStore;
-use rideshare_core::{Area, RideId, Timestamp, Username};
 use rideshare_dbaas::broker::mem::MemBroker;
 use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::coord::Coordinator;
@@ -19,29 +20,9 @@ use rideshare_dbaas::protocol::{
     decode, encode, CatchUp, EntryBody, LogEntry, MemberRecord, VERSION, WORKERS,
 };
 use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
+use workload::workload;
 
 const ENTRIES: u64 = 20_000;
-
-fn op(i: u64) -> WriteOp {
-    let user = Username::parse(&format!("user{}", i % 1000)).unwrap_or_else(|_| unreachable!());
-    match i % 4 {
-        0 => WriteOp::AddUser {
-            username: user,
-            password_hash: "$argon2id$bench".into(),
-        },
-        1 | 2 => WriteOp::CreateRide {
-            created_by: user,
-            timestamp: Timestamp::from_seconds(1_893_456_000 + (i as i64 % 86_400))
-                .unwrap_or_else(|| unreachable!()),
-            source: Area::new((i % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
-            destination: Area::new(((i + 7) % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
-        },
-        _ => WriteOp::JoinRide {
-            ride_id: RideId(i / 2),
-            username: user,
-        },
-    }
-}
 
 /// A log of one epoch marker and `ENTRIES - 1` writes of that epoch.
 async fn filled_log() -> MemLog {
@@ -62,7 +43,7 @@ async fn filled_log() -> MemLog {
             epoch: 1,
             body: EntryBody::Write {
                 request_id: RequestId(format!("r{i}")),
-                op: op(i),
+                op: workload(i),
             },
         };
         log.append(encode(&entry))

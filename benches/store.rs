@@ -4,35 +4,17 @@
 //! Each figure is the best of three runs of `OPS` operations, so a busy neighbour on the
 //! machine shows up as spread, not as a slower best.
 
+mod workload;
+
 use std::time::Instant;
 
 use rideshare_core::machine::{StateMachine, Store};
-use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+use rideshare_core::ops::{ReadOp, RequestId};
 use rideshare_core::store::{MemStore, SqliteStore};
-use rideshare_core::{Area, RideId, Timestamp, Username};
+use rideshare_core::RideId;
+use workload::workload;
 
 const OPS: u64 = 20_000;
-
-fn workload(i: u64) -> WriteOp {
-    let user = Username::parse(&format!("user{}", i % 1000)).unwrap_or_else(|_| unreachable!());
-    match i % 4 {
-        0 => WriteOp::AddUser {
-            username: user,
-            password_hash: "$argon2id$bench".into(),
-        },
-        1 | 2 => WriteOp::CreateRide {
-            created_by: user,
-            timestamp: Timestamp::from_seconds(1_893_456_000 + (i as i64 % 86_400))
-                .unwrap_or_else(|| unreachable!()),
-            source: Area::new((i % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
-            destination: Area::new(((i + 7) % 198 + 1) as u16).unwrap_or_else(|_| unreachable!()),
-        },
-        _ => WriteOp::JoinRide {
-            ride_id: RideId(i / 2),
-            username: user,
-        },
-    }
-}
 
 /// Applies `OPS` writes, `group` per commit group (1: each its own transaction), then reads.
 fn bench<S: Store>(name: &str, group: u64, mut make: impl FnMut() -> S) {
