@@ -54,18 +54,22 @@ pub struct Plan {
     pub stop: Vec<String>,
 }
 
-/// Compares what runs with what should run. `starting` counts workers started but not yet
+/// Compares what runs with what should run. `starting` counts running workers not (yet)
 /// registered; they count as present, so a slow start is not answered with another start.
+/// `launching` is the part of them this orchestrator started itself (the rest it found without
+/// a node: paused, or their session ended).
 ///
 /// Without a master, workers start one at a time: an empty cluster gets one worker, which elects
 /// itself, and the slaves follow once it is master; a cluster whose master died first lets the
 /// election promote a slave ("elect, then start a slave"). Starting several workers into a
-/// masterless cluster would let whichever registers first win, not the lowest pid.
+/// masterless cluster would let whichever registers first win, not the lowest pid. Workers found
+/// without a node do not hold that one start back: they may never come back.
 pub fn reconcile(
     target_slaves: u64,
     members: &[Member],
     master: Option<&str>,
     starting: usize,
+    launching: usize,
 ) -> Plan {
     let desired = usize::try_from(target_slaves)
         .unwrap_or(usize::MAX)
@@ -73,7 +77,7 @@ pub fn reconcile(
     let present = members.len() + starting;
     if present < desired && master.is_none() {
         return Plan {
-            start: usize::from(present == 0),
+            start: usize::from(members.is_empty() && launching == 0),
             stop: vec![],
         };
     }
@@ -151,35 +155,44 @@ mod tests {
     #[test]
     fn dead_workers_are_replaced() {
         // A master and no slave (a slave died, or was just promoted): start one.
-        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0, 0).start, 1);
         // Nobody at all: start the future master alone, so the lowest pid wins the election...
-        assert_eq!(reconcile(1, &[], None, 0).start, 1);
-        assert_eq!(reconcile(1, &[], None, 1), Plan::default());
+        assert_eq!(reconcile(1, &[], None, 0, 0).start, 1);
+        assert_eq!(reconcile(1, &[], None, 1, 1), Plan::default());
         // ...and its slave once it is master.
-        assert_eq!(reconcile(1, &[m("a", 1)], None, 0), Plan::default());
-        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0).start, 1);
+        assert_eq!(reconcile(1, &[m("a", 1)], None, 0, 0), Plan::default());
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 0, 0).start, 1);
         // The master died: the election goes first, the replacement after it.
         assert_eq!(
-            reconcile(2, &[m("b", 2), m("c", 3)], None, 0),
+            reconcile(2, &[m("b", 2), m("c", 3)], None, 0, 0),
             Plan::default()
         );
-        assert_eq!(reconcile(2, &[m("b", 2), m("c", 3)], Some("b"), 0).start, 1);
+        assert_eq!(
+            reconcile(2, &[m("b", 2), m("c", 3)], Some("b"), 0, 0).start,
+            1
+        );
+        // No master and no member, only a worker found without a node (a paused slave whose
+        // session ended): it may never come back, so one start goes ahead.
+        assert_eq!(reconcile(1, &[], None, 1, 0).start, 1);
         // A start in flight counts.
-        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 1), Plan::default());
+        assert_eq!(reconcile(1, &[m("a", 1)], Some("a"), 1, 1), Plan::default());
     }
 
     #[test]
     fn scaling_in_stops_highest_pid_slaves_never_the_master() {
         let members = [m("a", 50), m("b", 10), m("c", 30), m("d", 40)];
-        let plan = reconcile(1, &members, Some("a"), 0);
+        let plan = reconcile(1, &members, Some("a"), 0, 0);
         assert_eq!(plan.start, 0);
         assert_eq!(plan.stop, vec!["d".to_string(), "c".to_string()]);
         // Not while starts are in flight: the picture is not settled.
-        assert!(reconcile(1, &members, Some("a"), 1).stop.is_empty());
+        assert!(reconcile(1, &members, Some("a"), 1, 1).stop.is_empty());
     }
 
     #[test]
     fn scaling_out_starts_the_difference() {
-        assert_eq!(reconcile(3, &[m("a", 1), m("b", 2)], Some("a"), 0).start, 2);
+        assert_eq!(
+            reconcile(3, &[m("a", 1), m("b", 2)], Some("a"), 0, 0).start,
+            2
+        );
     }
 }

@@ -118,9 +118,8 @@ pub struct Orchestrator {
     /// Bumped whenever the master node changes.
     master_changes: tokio::sync::watch::Sender<u64>,
     target: AtomicU64,
-    /// Running workers without a membership node (starting, or lost their session), with the
-    /// time they were started or first seen so.
-    starting: Mutex<BTreeMap<String, Instant>>,
+    /// Running workers without a membership node (starting, or lost their session).
+    starting: Mutex<BTreeMap<String, Unregistered>>,
     reconciling: tokio::sync::Mutex<()>,
 }
 
@@ -405,13 +404,14 @@ impl Orchestrator {
         members.retain(|m| running.iter().any(|w| w.id == m.record.id));
         // Running but not registered: starting, or stuck past the grace period.
         let now = Instant::now();
-        let (starting, stuck) = {
+        let (starting, launching, stuck) = {
             let mut started = self.starting.lock().unwrap_or_else(|e| e.into_inner());
             started.retain(|id, _| running.iter().any(|w| &w.id == id));
             for m in &members {
                 started.remove(&m.record.id);
             }
             let mut starting = 0;
+            let mut launching = 0;
             let mut stuck = Vec::new();
             for w in running
                 .iter()
@@ -419,14 +419,18 @@ impl Orchestrator {
             {
                 // Grace counts from the start, or from when the worker was first seen without
                 // a node (paused, or its session just expired): it may come back, or exit.
-                let since = *started.entry(w.id.clone()).or_insert(now);
-                if now.duration_since(since) < self.config.start_grace {
+                let seen = *started.entry(w.id.clone()).or_insert(Unregistered {
+                    since: now,
+                    launched: false,
+                });
+                if now.duration_since(seen.since) < self.config.start_grace {
                     starting += 1;
+                    launching += usize::from(seen.launched);
                 } else {
                     stuck.push(w.id.clone());
                 }
             }
-            (starting, stuck)
+            (starting, launching, stuck)
         };
         for id in stuck {
             tracing::warn!(%id, "worker never registered; killing it");
@@ -440,7 +444,13 @@ impl Orchestrator {
                 pid: m.record.pid,
             })
             .collect();
-        let plan = reconcile(self.target_slaves(), &live, master.as_deref(), starting);
+        let plan = reconcile(
+            self.target_slaves(),
+            &live,
+            master.as_deref(),
+            starting,
+            launching,
+        );
         for id in &plan.stop {
             tracing::info!(%id, "scaling in: stopping a slave");
             self.kill_worker(id).await?;
@@ -451,7 +461,13 @@ impl Orchestrator {
             self.starting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(handle.id, Instant::now());
+                .insert(
+                    handle.id,
+                    Unregistered {
+                        since: Instant::now(),
+                        launched: true,
+                    },
+                );
         }
         Ok(())
     }
@@ -476,6 +492,15 @@ impl Orchestrator {
             other => other,
         }
     }
+}
+
+/// A running worker without a membership node.
+#[derive(Clone, Copy)]
+struct Unregistered {
+    /// When it was started, or first seen without a node.
+    since: Instant,
+    /// This orchestrator started it (not merely found it: paused, or its session ended).
+    launched: bool,
 }
 
 fn refusal_error(reply: Reply) -> Error {
