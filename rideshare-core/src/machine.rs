@@ -245,6 +245,9 @@ pub fn decide<S: Store + ?Sized>(
 /// Answers a query from the current state.
 pub fn query<S: Store + ?Sized>(store: &mut S, op: &ReadOp) -> Result<ReadOutcome, StoreError> {
     Ok(match op {
+        ReadOp::UserExists { username } => ReadOutcome::Exists {
+            exists: store.user_exists(username)?,
+        },
         ReadOp::ListUsers => ReadOutcome::Users {
             users: store.list_users()?,
         },

@@ -64,6 +64,10 @@ pub enum WriteOutcome {
 pub enum ReadOp {
     /// All usernames, in creation order.
     ListUsers,
+    /// Whether one user exists (the users service's check before it hashes a password).
+    UserExists {
+        username: Username,
+    },
     /// Rides from `source` to `destination` strictly later than `after`, by time then id.
     UpcomingRides {
         source: Area,
@@ -104,6 +108,7 @@ pub struct RideDetail {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ReadOutcome {
     Users { users: Vec<Username> },
+    Exists { exists: bool },
     Rides { rides: Vec<RideSummary> },
     Ride { ride: Option<RideDetail> },
     Count { count: u64 },

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rideshare_core::api::AdminToken;
 use rideshare_core::db::{Db, DbError};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use serde_json::json;
 pub struct OrchestratorDb {
     base_url: String,
     http: reqwest::Client,
+    admin: AdminToken,
     attempts: u32,
     retry_pause: Duration,
 }
@@ -30,14 +32,16 @@ struct ReadAnswer {
 }
 
 impl OrchestratorDb {
-    /// `base_url` like `http://127.0.0.1:8083`; `timeout` bounds one attempt.
-    pub fn new(base_url: impl Into<String>, timeout: Duration) -> Self {
+    /// `base_url` like `http://127.0.0.1:8083`; `timeout` bounds one attempt; `admin` is sent
+    /// as the bearer token the orchestrator's DB calls need.
+    pub fn new(base_url: impl Into<String>, timeout: Duration, admin: AdminToken) -> Self {
         OrchestratorDb {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .build()
                 .unwrap_or_default(),
+            admin,
             attempts: 3,
             retry_pause: Duration::from_millis(200),
         }
@@ -54,7 +58,11 @@ impl OrchestratorDb {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_pause).await;
             }
-            let response = match self.http.post(&url).json(&body).send().await {
+            let mut request = self.http.post(&url).json(&body);
+            if let Some(authorization) = self.admin.authorization() {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = DbError::Unavailable(format!("orchestrator unreachable: {e}"));

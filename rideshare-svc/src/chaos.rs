@@ -134,6 +134,8 @@ struct Namespace {
     name: String,
     amqp: String,
     zk: String,
+    /// The run's admin token: the orchestrator requires it on every call.
+    admin_token: String,
 }
 
 fn sh(command: &str) -> anyhow::Result<()> {
@@ -159,6 +161,7 @@ impl Namespace {
         Ok(Namespace {
             amqp: format!("{}/{name}", args.amqp_base.trim_end_matches('/')),
             zk: format!("{}/{name}", args.zk),
+            admin_token: format!("{:032x}", rand::random::<u128>()),
             name,
         })
     }
@@ -220,8 +223,9 @@ fn spawn_orchestrator(
             "--reads-per-slave",
             &args.reads_per_slave.to_string(),
         ])
-        // The URL holds the password: the environment, not the command line.
+        // The URL and the token are secrets: the environment, not the command line.
         .env("RIDESHARE_AMQP_URL", &ns.amqp)
+        .env("RIDESHARE_ADMIN_TOKEN", &ns.admin_token)
         .env("RIDESHARE_LOG", "info")
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -472,9 +476,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     );
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut orchestrator = spawn_orchestrator(&args, &ns, listen, &orchestrator_log)?;
+    let mut admin = reqwest::header::HeaderMap::new();
+    admin.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", ns.admin_token).parse()?,
+    );
     let api = Api {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
+            .default_headers(admin)
             .build()?,
         base: format!("http://{}", orchestrator.listen),
         started: Instant::now(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
 
 /// RideShare: a ride-pooling backend with its own small replicated database service.
@@ -126,6 +127,8 @@ pub struct UsersArgs {
     pub orchestrator_url: String,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,18 +193,60 @@ pub struct WorkerArgs {
     pub exit_with_parent: bool,
 }
 
-/// Bounds and zone every HTTP service takes.
+/// Bounds, access and zone every HTTP service takes.
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
     /// Largest request body accepted, in bytes (larger gets 413).
     #[arg(long, env = "RIDESHARE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Bound on handling one request (e.g. `30s`); past it the answer is 408.
+    /// Bound on handling one request (e.g. `30s`); past it the answer is 504.
     #[arg(long, env = "RIDESHARE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Requests one service handles at once; past it the answer is 503 at once.
+    #[arg(long, env = "RIDESHARE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Connections one listener keeps open at once; past it a new one gets 503 and is closed.
+    #[arg(long, env = "RIDESHARE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers, also between kept-alive requests (the
+    /// idle timeout); a stalled connection is closed after it.
+    #[arg(long, env = "RIDESHARE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Token the admin calls need as `Authorization: Bearer <token>` (db/*, crash/*,
+    /// worker/list, the services' db/clear and DELETE _count). Without it admin calls are open
+    /// and only loopback addresses may be listened on.
+    #[arg(long, env = "RIDESHARE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    pub admin_token: Option<AdminToken>,
+    /// Listen on non-loopback addresses without an admin token (admin calls open to anyone).
+    #[arg(long, env = "RIDESHARE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Zone ride timestamps are read in: `local` (the host's), `UTC`, or an offset like `+05:30`.
     #[arg(long, env = "RIDESHARE_TZ", default_value = "local")]
     pub tz: Zone,
+}
+
+fn parse_admin_token(text: &str) -> Result<AdminToken, String> {
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("the admin token must not hold spaces or control characters".into());
+    }
+    Ok(AdminToken::new(text))
+}
+
+/// The cost of the users service's argon2id hash and the bounds of its hashing pool.
+#[derive(Debug, Clone, Args)]
+pub struct HashingArgs {
+    /// argon2id memory cost in KiB per hash (default: OWASP's minimum, 19 MiB).
+    #[arg(long, env = "RIDESHARE_HASH_MEMORY_KIB", default_value_t = 19 * 1024, value_parser = clap::value_parser!(u32).range(8..=1024 * 1024))]
+    pub hash_memory_kib: u32,
+    /// argon2id iterations per hash.
+    #[arg(long, env = "RIDESHARE_HASH_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hash_iterations: u32,
+    /// Hashing threads (0: one per core); each keeps one memory area of the memory cost.
+    #[arg(long, env = "RIDESHARE_HASH_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub hash_threads: u32,
+    /// Sign-ups that may wait for a hashing thread (0: four per thread); past it 503.
+    #[arg(long, env = "RIDESHARE_HASH_QUEUE", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub hash_queue: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -225,6 +270,8 @@ pub struct UpArgs {
     pub scaling: ScalingArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
     /// The real engines; without them everything is embedded.
     #[command(flatten)]
     pub engines: EngineArgs,

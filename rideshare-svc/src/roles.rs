@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rideshare_core::api::{
-    gateway_router, rides_router, users_router, GatewayConfig, PasswordHashing, RidesConfig,
-    ServiceLimits,
+    gateway_router, rides_router, users_router, AdminToken, GatewayConfig, PasswordHashing,
+    RidesConfig, ServiceLimits,
 };
 use rideshare_core::clock::SystemClock;
 use rideshare_core::store::SqliteStore;
@@ -19,10 +19,11 @@ use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
 use tokio::sync::watch;
 
 use crate::cli::{
-    GatewayArgs, HttpArgs, OrchestratorArgs, RidesArgs, ScalingArgs, UsersArgs, WorkerArgs,
+    GatewayArgs, HashingArgs, HttpArgs, OrchestratorArgs, RidesArgs, ScalingArgs, UsersArgs,
+    WorkerArgs,
 };
 use crate::engines::runtime;
-use crate::serve::{bind, run_until, spawn_server};
+use crate::serve::{bind, check_exposure, run_until, spawn_server, ConnLimits};
 
 /// Bound on one internal HTTP hop.
 pub const HOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,35 @@ impl HttpArgs {
         ServiceLimits {
             max_body_bytes: self.max_body_bytes,
             request_timeout: self.request_timeout,
+            max_in_flight: self.max_in_flight as usize,
+            admin: self.admin(),
+        }
+    }
+
+    pub fn admin(&self) -> AdminToken {
+        self.admin_token.clone().unwrap_or_default()
+    }
+
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+
+    /// Fails the start when `addrs` would expose admin calls without a token.
+    pub fn check_exposure(&self, addrs: &[std::net::SocketAddr]) -> anyhow::Result<()> {
+        check_exposure(addrs, &self.admin(), self.insecure_no_auth)
+    }
+}
+
+impl HashingArgs {
+    pub fn config(&self) -> PasswordHashing {
+        PasswordHashing {
+            m_cost_kib: self.hash_memory_kib,
+            t_cost: self.hash_iterations,
+            threads: self.hash_threads as usize,
+            queue: self.hash_queue as usize,
         }
     }
 }
@@ -53,19 +83,17 @@ async fn serve_one(
     name: &'static str,
     addr: std::net::SocketAddr,
     router: axum::Router,
+    http: &HttpArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = bind(name, addr).await?;
     let (stop, stopped) = watch::channel(false);
-    run_until(
-        shutdown,
-        stop,
-        vec![spawn_server(name, listener, router, stopped)],
-    )
-    .await
+    let server = spawn_server(name, listener, router, stopped, http.conn_limits());
+    run_until(shutdown, stop, vec![server]).await
 }
 
 pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    args.http.check_exposure(&[args.listen])?;
     let router = gateway_router(
         GatewayConfig {
             users_url: args.users_url,
@@ -74,17 +102,19 @@ pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> a
         },
         args.http.limits(),
     );
-    serve_one("gateway", args.listen, router, shutdown).await
+    serve_one("gateway", args.listen, router, &args.http, shutdown).await
 }
 
 pub async fn users(args: UsersArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
-    let router = users_router(db, PasswordHashing::default(), args.http.limits());
-    serve_one("users", args.listen, router, shutdown).await
+    args.http.check_exposure(&[args.listen])?;
+    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT, args.http.admin());
+    let router = users_router(db, args.hashing.config(), args.http.limits());
+    serve_one("users", args.listen, router, &args.http, shutdown).await
 }
 
 pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
+    args.http.check_exposure(&[args.listen])?;
+    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT, args.http.admin());
     let router = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -95,7 +125,7 @@ pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyho
         },
         args.http.limits(),
     );
-    serve_one("rides", args.listen, router, shutdown).await
+    serve_one("rides", args.listen, router, &args.http, shutdown).await
 }
 
 /// The orchestrator on the real engines. Stopping it leaves the workers running: a restarted
@@ -104,6 +134,7 @@ pub async fn orchestrator(
     args: OrchestratorArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    args.http.check_exposure(&[args.listen])?;
     let engines = args.engines.connect().await?;
     let runtime = runtime(&args.engines, &args.runtime).await?;
     let running = Orchestrator::start(
@@ -113,7 +144,7 @@ pub async fn orchestrator(
     .await
     .context("cannot start the orchestrator")?;
     let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
-    serve_one("orchestrator", args.listen, router, shutdown).await
+    serve_one("orchestrator", args.listen, router, &args.http, shutdown).await
 }
 
 /// One worker until it must stop (session lost, deposed, engine failure): then the process

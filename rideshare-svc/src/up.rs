@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rideshare_core::api::{
-    gateway_router, rides_router, users_router, GatewayConfig, PasswordHashing, RidesConfig,
+    gateway_router, rides_router, users_router, GatewayConfig, RidesConfig,
 };
 use rideshare_core::clock::SystemClock;
 use rideshare_dbaas::client::OrchestratorDb;
@@ -130,6 +130,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
 
+    args.http.check_exposure(&[args.gateway, args.users, args.rides, args.orchestrator])?;
     let limits = args.http.limits();
     // Bind everything first, so a taken port fails the start before anything serves.
     let gateway_listener = bind("gateway", args.gateway).await?;
@@ -143,8 +144,8 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
 
     let dbaas = Dbaas::start(&args).await?;
 
-    let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT);
-    let users = users_router(db.clone(), PasswordHashing::default(), limits);
+    let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT, args.http.admin());
+    let users = users_router(db.clone(), args.hashing.config(), limits.clone());
     let rides = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -153,7 +154,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
             origin: rides_url.clone(),
             users_timeout: HOP_TIMEOUT,
         },
-        limits,
+        limits.clone(),
     );
     let gateway = gateway_router(
         GatewayConfig {
@@ -161,7 +162,7 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
             rides_url,
             upstream_timeout: HOP_TIMEOUT,
         },
-        limits,
+        limits.clone(),
     );
     let orchestrator = orchestrator_router(Arc::clone(dbaas.orchestrator()), limits);
 
@@ -172,11 +173,12 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         orchestrator_listener.local_addr()?,
     );
     let (stop, stopped) = watch::channel(false);
+    let conn = args.http.conn_limits();
     let servers = vec![
-        spawn_server("gateway", gateway_listener, gateway, stopped.clone()),
-        spawn_server("users", users_listener, users, stopped.clone()),
-        spawn_server("rides", rides_listener, rides, stopped.clone()),
-        spawn_server("orchestrator", orchestrator_listener, orchestrator, stopped),
+        spawn_server("gateway", gateway_listener, gateway, stopped.clone(), conn),
+        spawn_server("users", users_listener, users, stopped.clone(), conn),
+        spawn_server("rides", rides_listener, rides, stopped.clone(), conn),
+        spawn_server("orchestrator", orchestrator_listener, orchestrator, stopped, conn),
     ];
     Ok(Up {
         gateway: addrs.0,

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{up_args, Client};
+use common::{admin_headers, up_args, Client, ADMIN_TOKEN};
+use rideshare_core::api::AdminToken;
 use reqwest::{Method, StatusCode};
 use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
@@ -339,6 +340,7 @@ fn spawn_orchestrator(ns: &Namespace, listen: SocketAddr) -> std::process::Child
         ])
         // The URL holds the password: the environment, not the command line.
         .env("RIDESHARE_AMQP_URL", &ns.amqp)
+        .env("RIDESHARE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RIDESHARE_LOG", "warn")
         .spawn()
         .expect("spawn rideshare orchestrator")
@@ -358,8 +360,15 @@ async fn broker_restart_and_orchestrator_kill_lose_no_acknowledged_write() {
     let listen = free_port();
     let mut orchestrator = spawn_orchestrator(&ns, listen);
     let url = format!("http://{listen}");
-    let db = OrchestratorDb::new(url.clone(), Duration::from_secs(5));
-    let http = reqwest::Client::new();
+    let db = OrchestratorDb::new(
+        url.clone(),
+        Duration::from_secs(5),
+        AdminToken::new(ADMIN_TOKEN),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(admin_headers())
+        .build()
+        .unwrap();
     let workers = || async {
         match http.get(format!("{url}/api/v1/worker/list")).send().await {
             Ok(r) => r.json::<Vec<u64>>().await.unwrap_or_default().len(),

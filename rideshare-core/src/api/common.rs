@@ -9,23 +9,32 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::error_handling::HandleErrorLayer;
+use axum::routing::{delete, get, MethodRouter};
 use axum::{Json, Router};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use serde_json::{json, Map, Value};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::admin::{require_admin, AdminToken};
+use super::path::guard_path;
 use crate::db::{Db, DbError};
 use crate::error::ValidationError;
 use crate::ops::{ReadOutcome, WriteOp, WriteOutcome};
 
-/// Bounds every service applies to every request.
-#[derive(Clone, Copy, Debug)]
+/// Bounds and access rules every service applies at its edge.
+#[derive(Clone, Debug)]
 pub struct ServiceLimits {
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
-    /// A request that takes longer gets 408.
+    /// A request that takes longer gets 504.
     pub request_timeout: Duration,
+    /// Requests handled at once by one service; past it the answer is 503 at once.
+    pub max_in_flight: usize,
+    /// The token admin calls need (none: admin calls are open).
+    pub admin: AdminToken,
 }
 
 impl Default for ServiceLimits {
@@ -33,6 +42,8 @@ impl Default for ServiceLimits {
         ServiceLimits {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            admin: AdminToken::none(),
         }
     }
 }
@@ -44,14 +55,51 @@ impl ServiceLimits {
             .layer(axum::extract::DefaultBodyLimit::max(self.max_body_bytes))
             .layer(RequestBodyLimitLayer::new(self.max_body_bytes))
             .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
+                StatusCode::GATEWAY_TIMEOUT,
                 self.request_timeout,
             ))
             .layer(axum::middleware::map_response(json_error_body))
     }
+
+    /// Makes `route` an admin route: 401 without the admin token, when one is set.
+    pub fn admin_only<S: Clone + Send + Sync + 'static>(
+        &self,
+        route: MethodRouter<S>,
+    ) -> MethodRouter<S> {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            self.admin.clone(),
+            require_admin,
+        ))
+    }
+
+    /// The outermost layers of a whole service, in the order a request meets them: a bound on
+    /// requests in flight (503 at once past it, never a queue), then the path rule (400 before
+    /// any route is chosen), then routing on the canonical path.
+    pub fn edge(&self, service: Router) -> Router {
+        let guarded = tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(guard_path))
+            .service(service);
+        let shed = tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                overloaded()
+            }))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(self.max_in_flight.max(1)))
+            .service(Router::new().fallback_service(guarded));
+        Router::new().fallback_service(shed)
+    }
 }
 
-/// Gives every error answer a JSON body: the 405s, 413s and 408s made by the framework and its
+/// 503 with `Retry-After`: the service is at its bound of requests in flight.
+pub fn overloaded() -> Response {
+    let mut response = ApiError::unavailable("overloaded; try again shortly").into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Gives every error answer a JSON body: the 405s, 413s and 504s made by the framework and its
 /// layers come with an empty or plain-text body otherwise, and the contract says all bodies
 /// are JSON.
 async fn json_error_body(response: Response) -> Response {
@@ -109,9 +157,16 @@ impl From<ValidationError> for ApiError {
 }
 
 impl From<DbError> for ApiError {
+    /// The details (addresses, queue names) go to the log, never to the client.
     fn from(e: DbError) -> Self {
         tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "database call failed");
-        ApiError::unavailable(e.to_string())
+        match e {
+            DbError::Timeout(_) => ApiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: "the database did not answer in time".into(),
+            },
+            _ => ApiError::unavailable("the database is unavailable; try again shortly"),
+        }
     }
 }
 
@@ -140,9 +195,10 @@ pub async fn clear_with<D: Db>(db: &D, op: WriteOp) -> Result<Response, ApiError
     match db.write(op).await {
         Ok(WriteOutcome::Done) => Ok(empty(StatusCode::OK)),
         Ok(other) => Err(ApiError::bad_request(format!("could not clear: {other:?}"))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not clear the database: {e}"
-        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "db/clear failed");
+            Err(ApiError::bad_request("could not clear the database"))
+        }
     }
 }
 
@@ -206,7 +262,7 @@ pub async fn count_request(
 }
 
 /// Wraps the service's own API routes so each request to them is counted, and adds the
-/// uncounted `_count` routes, all with the limits applied.
+/// uncounted `_count` routes (`DELETE` an admin call), all with the limits applied.
 ///
 /// The limits go inside the counter: a request refused for its size (413) was still received on
 /// a counted path, and must count the same whether or not it announced its length. The caller
@@ -217,20 +273,18 @@ pub fn with_counter<S: Clone + Send + Sync + 'static>(
     counter: Arc<RequestCounter>,
     limits: &ServiceLimits,
 ) -> Router<S> {
-    let count_routes = Router::new().route(
-        "/api/v1/_count",
-        get({
-            let counter = Arc::clone(&counter);
-            move || async move { Json(json!([counter.get()])) }
-        })
-        .delete({
-            let counter = Arc::clone(&counter);
-            move || async move {
-                counter.reset();
-                empty(StatusCode::OK)
-            }
-        }),
-    );
+    let read = get({
+        let counter = Arc::clone(&counter);
+        move || async move { Json(json!([counter.get()])) }
+    });
+    let reset = limits.admin_only(delete({
+        let counter = Arc::clone(&counter);
+        move || async move {
+            counter.reset();
+            empty(StatusCode::OK)
+        }
+    }));
+    let count_routes = Router::new().route("/api/v1/_count", read.merge(reset));
     limits
         .apply(counted)
         .route_layer(axum::middleware::from_fn_with_state(counter, count_request))

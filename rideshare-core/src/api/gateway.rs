@@ -41,7 +41,9 @@ pub fn gateway_router(config: GatewayConfig, limits: ServiceLimits) -> Router {
         http,
         max_body_bytes: limits.max_body_bytes,
     });
-    limits.apply(Router::new().fallback(proxy).with_state(state))
+    // The edge's path rule has made the URI canonical before `proxy` sees it, so the gateway
+    // routes on, and forwards, exactly the path it matched.
+    limits.edge(limits.apply(Router::new().fallback(proxy).with_state(state)))
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
@@ -110,7 +112,7 @@ async fn proxy(State(state): State<Arc<GatewayState>>, request: Request) -> Resp
             tracing::warn!(%url, error = %e, "upstream unreachable");
             return ApiError {
                 status: StatusCode::BAD_GATEWAY,
-                message: format!("upstream {base} unreachable"),
+                message: "the upstream service is unreachable".into(),
             }
             .into_response();
         }
@@ -124,10 +126,13 @@ async fn proxy(State(state): State<Arc<GatewayState>>, request: Request) -> Resp
             *response.headers_mut() = headers;
             response
         }
-        Err(e) => ApiError {
-            status: StatusCode::BAD_GATEWAY,
-            message: format!("upstream {base} broke off its answer: {e}"),
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "upstream broke off its answer");
+            ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: "the upstream service broke off its answer".into(),
+            }
+            .into_response()
         }
-        .into_response(),
     }
 }

@@ -3,12 +3,17 @@
 //! Each service is a function returning a `Router`, so tests drive it with `oneshot` and no
 //! socket. Services are generic over the [`crate::db::Db`] client and never touch a store.
 
+pub mod admin;
 pub mod common;
 pub mod gateway;
+pub mod hashing;
+pub mod path;
 pub mod rides;
 pub mod users;
 
+pub use admin::AdminToken;
 pub use common::{ApiError, RequestCounter, ServiceLimits};
+pub use hashing::PasswordHashing;
 pub use gateway::{gateway_router, GatewayConfig};
 pub use rides::{rides_router, RidesConfig};
-pub use users::{users_router, PasswordHashing};
+pub use users::users_router;

@@ -71,12 +71,13 @@ pub fn rides_router<D: Db>(
                 .delete(delete_ride::<D>),
         );
     let uncounted = Router::new()
-        .route("/api/v1/db/clear", post(clear::<D>))
+        .route("/api/v1/db/clear", limits.admin_only(post(clear::<D>)))
         .merge(health_route())
         .fallback(not_found);
-    with_counter(counted, Arc::new(RequestCounter::default()), &limits)
+    let service = with_counter(counted, Arc::new(RequestCounter::default()), &limits)
         .merge(limits.apply(uncounted))
-        .with_state(state)
+        .with_state(state);
+    limits.edge(service)
 }
 
 impl<D: Db> RidesState<D> {
@@ -92,12 +93,16 @@ impl<D: Db> RidesState<D> {
             .header("Origin", &self.config.origin)
             .send()
             .await
-            .map_err(|e| ApiError::unavailable(format!("users service unreachable: {e}")))?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "user check: users service unreachable");
+                ApiError::unavailable("the users service is unavailable; try again shortly")
+            })?;
         match response.status() {
             StatusCode::NO_CONTENT => Ok(false),
             StatusCode::OK => {
                 let users: Vec<String> = response.json().await.map_err(|e| {
-                    ApiError::unavailable(format!("users service sent a bad list: {e}"))
+                    tracing::warn!(error = %e, "user check: users service sent a bad list");
+                    ApiError::unavailable("the users service sent a bad answer")
                 })?;
                 Ok(users.iter().any(|u| u == user.as_str()))
             }

@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use axum::Router;
 
@@ -16,68 +14,35 @@ use super::common::{
     clear_with, empty, health_route, json_object, list_or_no_content, not_found, string_field,
     unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
+use super::hashing::{HashError, Hasher, PasswordHashing};
 use crate::db::Db;
 use crate::domain::{PasswordDigest, Username};
 use crate::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 
-/// How the client's SHA-1 digest is hashed again before it reaches the database (argon2id).
-#[derive(Clone, Copy, Debug)]
-pub struct PasswordHashing {
-    /// Memory cost in KiB.
-    pub m_cost_kib: u32,
-    /// Iterations.
-    pub t_cost: u32,
-}
-
-impl Default for PasswordHashing {
-    /// OWASP's argon2id minimum: 19 MiB, 2 iterations, 1 lane.
-    fn default() -> Self {
-        PasswordHashing {
-            m_cost_kib: 19 * 1024,
-            t_cost: 2,
-        }
-    }
-}
-
-impl PasswordHashing {
-    /// The cheapest real argon2id: for tests only.
-    pub fn fast_for_tests() -> Self {
-        PasswordHashing {
-            m_cost_kib: 8,
-            t_cost: 1,
-        }
-    }
-
-    /// A PHC string (`$argon2id$v=19$...`) with a random salt.
-    pub fn hash(&self, digest: &PasswordDigest) -> Result<String, ApiError> {
-        let params = Params::new(self.m_cost_kib, self.t_cost, 1, None)
-            .map_err(|e| ApiError::unavailable(format!("password hashing misconfigured: {e}")))?;
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(digest.expose().as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::unavailable(format!("password hashing failed: {e}")))
-    }
-}
-
 struct UsersState<D> {
     db: D,
-    hashing: PasswordHashing,
+    /// The pool, or why it could not start (bad cost flags): sign-ups then answer 503.
+    hasher: Result<Hasher, String>,
 }
 
 /// The users service.
 pub fn users_router<D: Db>(db: D, hashing: PasswordHashing, limits: ServiceLimits) -> Router {
-    let state = Arc::new(UsersState { db, hashing });
+    let hasher = Hasher::start(hashing).map_err(|e| {
+        tracing::error!(error = %e, "password hashing cannot start; sign-ups will answer 503");
+        e.to_string()
+    });
+    let state = Arc::new(UsersState { db, hasher });
     let counted = Router::new()
         .route("/api/v1/users", put(add_user::<D>).get(list_users::<D>))
         .route("/api/v1/users/{username}", delete(delete_user::<D>));
     let uncounted = Router::new()
-        .route("/api/v1/db/clear", post(clear::<D>))
+        .route("/api/v1/db/clear", limits.admin_only(post(clear::<D>)))
         .merge(health_route())
         .fallback(not_found);
-    with_counter(counted, Arc::new(RequestCounter::default()), &limits)
+    let service = with_counter(counted, Arc::new(RequestCounter::default()), &limits)
         .merge(limits.apply(uncounted))
-        .with_state(state)
+        .with_state(state);
+    limits.edge(service)
 }
 
 async fn add_user<D: Db>(
@@ -87,10 +52,23 @@ async fn add_user<D: Db>(
     let body = json_object(&body)?;
     let username = Username::parse(string_field(&body, "username")?)?;
     let digest = PasswordDigest::parse(string_field(&body, "password")?)?;
-    let hashing = state.hashing;
-    let password_hash = tokio::task::spawn_blocking(move || hashing.hash(&digest))
-        .await
-        .map_err(|e| ApiError::unavailable(format!("password hashing task failed: {e}")))??;
+    // The cheap check first: a taken name costs no hash. The write still decides, so two
+    // sign-ups racing for one name get one 201 and one 400.
+    if user_exists(&state.db, &username).await? {
+        return Err(user_exists_error(&username));
+    }
+    let hasher = state
+        .hasher
+        .as_ref()
+        .map_err(|e| ApiError::unavailable(e.clone()))?;
+    let password_hash = match hasher.hash(digest).await {
+        Ok(hash) => hash,
+        Err(HashError::Busy) => return Ok(busy()),
+        Err(e) => {
+            tracing::error!(error = %e, "password hashing failed");
+            return Err(ApiError::unavailable("password hashing failed"));
+        }
+    };
     match state
         .db
         .write(WriteOp::AddUser {
@@ -100,11 +78,35 @@ async fn add_user<D: Db>(
         .await?
     {
         WriteOutcome::Done => Ok(empty(StatusCode::CREATED)),
-        WriteOutcome::UserExists => Err(ApiError::bad_request(format!(
-            "user {username:?} already exists"
-        ))),
+        WriteOutcome::UserExists => Err(user_exists_error(&username)),
         other => Err(unexpected(other)),
     }
+}
+
+async fn user_exists<D: Db>(db: &D, username: &Username) -> Result<bool, ApiError> {
+    match db
+        .read(ReadOp::UserExists {
+            username: username.clone(),
+        })
+        .await?
+    {
+        ReadOutcome::Exists { exists } => Ok(exists),
+        other => Err(unexpected_read(other)),
+    }
+}
+
+fn user_exists_error(username: &Username) -> ApiError {
+    ApiError::bad_request(format!("user {username:?} already exists"))
+}
+
+/// 503 with `Retry-After`: every hasher is busy and the queue is full.
+fn busy() -> Response {
+    let mut response =
+        ApiError::unavailable("too many sign-ups at once; try again shortly").into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 async fn list_users<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Response, ApiError> {

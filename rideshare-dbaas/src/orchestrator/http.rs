@@ -21,26 +21,30 @@ use serde_json::Value;
 use super::Orchestrator;
 use crate::error::Error;
 
+/// The orchestrator's API. Every route but `/health` is an admin call (401 without the admin
+/// token, when one is set).
 pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimits) -> Router {
+    let admin = |route| limits.admin_only(route);
     let router = Router::new()
-        .route("/api/v1/db/write", post(write))
-        .route("/api/v1/db/read", post(read))
-        .route("/api/v1/db/clear", post(clear))
-        .route("/api/v1/crash/master", post(crash_master))
-        .route("/api/v1/crash/slave", post(crash_slave))
-        .route("/api/v1/worker/list", get(worker_list))
+        .route("/api/v1/db/write", admin(post(write)))
+        .route("/api/v1/db/read", admin(post(read)))
+        .route("/api/v1/db/clear", admin(post(clear)))
+        .route("/api/v1/crash/master", admin(post(crash_master)))
+        .route("/api/v1/crash/slave", admin(post(crash_slave)))
+        .route("/api/v1/worker/list", admin(get(worker_list)))
         .route(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .fallback(not_found)
         .with_state(orchestrator);
-    limits.apply(router)
+    limits.edge(limits.apply(router))
 }
 
+/// The details go to the log; the client learns only that it may try again.
 fn unavailable(e: Error) -> ApiError {
     tracing::warn!(error = %e, "database request failed");
-    ApiError::unavailable(e.to_string())
+    ApiError::unavailable("the database is unavailable; try again shortly")
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Option<&Value>, what: &str) -> Result<T, ApiError> {
@@ -91,9 +95,10 @@ async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError>
             "could not clear: {:?}",
             ack.outcome
         ))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not clear the database: {e}"
-        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "db/clear failed");
+            Err(ApiError::bad_request("could not clear the database"))
+        }
     }
 }
 

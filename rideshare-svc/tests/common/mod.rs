@@ -10,11 +10,25 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use rideshare_core::clock::Zone;
-use rideshare_svc::cli::{EngineArgs, HttpArgs, RuntimeArgs, ScalingArgs, UpArgs};
+use rideshare_core::api::AdminToken;
+use rideshare_svc::cli::{EngineArgs, HashingArgs, HttpArgs, RuntimeArgs, ScalingArgs, UpArgs};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
 
 pub const PASSWORD: &str = "3d4f2bf07dc1be38b20cd6e46949a1071f9d0e3d";
+
+/// The admin token every end-to-end system runs with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// `Authorization` headers carrying [`ADMIN_TOKEN`].
+pub fn admin_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    headers
+}
 
 /// `rideshare up` on port 0 everywhere, with the contract's scaling rule over `scale_interval`.
 pub fn up_args(
@@ -38,13 +52,25 @@ pub fn up_args(
         http: HttpArgs {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            admin_token: Some(AdminToken::new(ADMIN_TOKEN)),
+            insecure_no_auth: false,
             tz: Zone::Local,
+        },
+        hashing: HashingArgs {
+            hash_memory_kib: 8,
+            hash_iterations: 1,
+            hash_threads: 2,
+            hash_queue: 64,
         },
         engines,
         runtime,
     }
 }
 
+/// A client that, like an operator, sends the admin token with every call.
 pub struct Client {
     http: reqwest::Client,
     gateway: String,
@@ -56,6 +82,7 @@ impl Client {
         Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(admin_headers())
                 .build()
                 .unwrap(),
             gateway: format!("http://{}", up.gateway),
