@@ -13,9 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rideshare_core::api::{
-    gateway_router, rides_router, users_router, GatewayConfig, RidesConfig,
-};
+use rideshare_core::api::{gateway_router, rides_router, users_router, GatewayConfig, RidesConfig};
 use rideshare_core::clock::SystemClock;
 use rideshare_dbaas::client::OrchestratorDb;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
@@ -130,7 +128,8 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
 
-    args.http.check_exposure(&[args.gateway, args.users, args.rides, args.orchestrator])?;
+    args.http
+        .check_exposure(&[args.gateway, args.users, args.rides, args.orchestrator])?;
     let limits = args.http.limits();
     // Bind everything first, so a taken port fails the start before anything serves.
     let gateway_listener = bind("gateway", args.gateway).await?;
@@ -178,7 +177,13 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         spawn_server("gateway", gateway_listener, gateway, stopped.clone(), conn),
         spawn_server("users", users_listener, users, stopped.clone(), conn),
         spawn_server("rides", rides_listener, rides, stopped.clone(), conn),
-        spawn_server("orchestrator", orchestrator_listener, orchestrator, stopped, conn),
+        spawn_server(
+            "orchestrator",
+            orchestrator_listener,
+            orchestrator,
+            stopped,
+            conn,
+        ),
     ];
     Ok(Up {
         gateway: addrs.0,

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{admin_headers, up_args, Client, ADMIN_TOKEN};
-use rideshare_core::api::AdminToken;
 use reqwest::{Method, StatusCode};
+use rideshare_core::api::AdminToken;
 use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 use rideshare_core::Username;

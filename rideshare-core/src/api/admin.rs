@@ -111,7 +111,13 @@ mod tests {
         let token = AdminToken::new("s3cret");
         assert!(token.admits(Some(&bearer("Bearer s3cret"))));
         assert!(!token.admits(None));
-        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret", "Bearer "] {
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
             assert!(!token.admits(Some(&bearer(wrong))), "{wrong}");
         }
         assert_eq!(token.authorization().unwrap(), "Bearer s3cret");

@@ -226,8 +226,7 @@ mod tests {
             queue: 1,
         })
         .unwrap();
-        let results =
-            futures::future::join_all((0..8).map(|_| hasher.hash(digest()))).await;
+        let results = futures::future::join_all((0..8).map(|_| hasher.hash(digest()))).await;
         let busy = results
             .iter()
             .filter(|r| matches!(r, Err(HashError::Busy)))
@@ -244,6 +243,9 @@ mod tests {
             m_cost_kib: 1,
             ..PasswordHashing::default()
         };
-        assert!(matches!(Hasher::start(bad), Err(HashError::Misconfigured(_))));
+        assert!(matches!(
+            Hasher::start(bad),
+            Err(HashError::Misconfigured(_))
+        ));
     }
 }

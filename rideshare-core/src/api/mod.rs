@@ -13,7 +13,7 @@ pub mod users;
 
 pub use admin::AdminToken;
 pub use common::{ApiError, RequestCounter, ServiceLimits};
-pub use hashing::PasswordHashing;
 pub use gateway::{gateway_router, GatewayConfig};
+pub use hashing::PasswordHashing;
 pub use rides::{rides_router, RidesConfig};
 pub use users::users_router;

@@ -138,7 +138,12 @@ pub async fn guard_path(mut request: Request, next: Next) -> Response {
         Ok(canonical) => canonical,
         Err(rejection) => return ApiError::bad_request(rejection.to_string()).into_response(),
     };
-    if canonical != request.uri().path_and_query().map_or("", PathAndQuery::as_str) {
+    if canonical
+        != request
+            .uri()
+            .path_and_query()
+            .map_or("", PathAndQuery::as_str)
+    {
         let mut parts = request.uri().clone().into_parts();
         match PathAndQuery::try_from(canonical) {
             Ok(pq) => parts.path_and_query = Some(pq),
@@ -175,8 +180,14 @@ mod tests {
     #[test]
     fn harmless_encodings_are_decoded_to_one_form() {
         assert_eq!(canonical_path("/api/v1/%75sers").unwrap(), "/api/v1/users");
-        assert_eq!(canonical_path("/api/v1/users/%c3%bc").unwrap(), "/api/v1/users/%C3%BC");
-        assert_eq!(canonical_path("/api/v1/users/a%25").unwrap(), "/api/v1/users/a%25");
+        assert_eq!(
+            canonical_path("/api/v1/users/%c3%bc").unwrap(),
+            "/api/v1/users/%C3%BC"
+        );
+        assert_eq!(
+            canonical_path("/api/v1/users/a%25").unwrap(),
+            "/api/v1/users/a%25"
+        );
     }
 
     #[test]

@@ -240,7 +240,11 @@ impl TestApp {
         let clock = Arc::new(FixedClock::new(ts(NOW)));
         let config = rides_config(url(gateway_addr), url(rides_addr));
 
-        let users = users_router(db.clone(), PasswordHashing::fast_for_tests(), limits.clone());
+        let users = users_router(
+            db.clone(),
+            PasswordHashing::fast_for_tests(),
+            limits.clone(),
+        );
         let rides = rides_router(db, clock.clone(), config, limits.clone());
         let gateway = gateway_router(gateway_config(url(users_addr), url(rides_addr)), limits);
         serve_on(users_listener, users.clone());

@@ -5,6 +5,7 @@
 //! - `bad_input`: malformed, wrongly typed, huge and random input never gets a 5xx.
 
 mod bad_input;
+mod edge;
 mod gateway;
 mod helpers;
 mod rides;

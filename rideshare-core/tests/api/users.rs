@@ -250,11 +250,10 @@ async fn deleting_an_unknown_user_is_400() {
 }
 
 #[tokio::test]
-async fn users_with_spaces_slashes_or_unicode_can_be_deleted_percent_encoded() {
+async fn users_with_spaces_percent_signs_or_unicode_can_be_deleted_percent_encoded() {
     let users = users_only();
     for (name, path) in [
         ("Alice Smith", "/api/v1/users/Alice%20Smith"),
-        ("a/b", "/api/v1/users/a%2Fb"),
         ("Jürgen", "/api/v1/users/J%C3%BCrgen"),
         ("50%", "/api/v1/users/50%25"),
     ] {
@@ -268,6 +267,25 @@ async fn users_with_spaces_slashes_or_unicode_can_be_deleted_percent_encoded() {
         get(&users, "/api/v1/users").await.status,
         StatusCode::NO_CONTENT
     );
+}
+
+#[tokio::test]
+async fn a_name_holding_a_slash_cannot_be_addressed_in_a_path_and_stays() {
+    // An encoded slash is refused by the path rule (SPEC.md, admin calls and paths), so such a
+    // user is listed but not deletable by name: the price of one meaning per path.
+    let users = users_only();
+    put(&users, "/api/v1/users", &user("a/b"))
+        .await
+        .assert_status(StatusCode::CREATED);
+    for path in [
+        "/api/v1/users/a%2Fb",
+        "/api/v1/users/a%2fb",
+        "/api/v1/users/a/b",
+    ] {
+        let reply = delete(&users, path).await;
+        assert!(reply.status.is_client_error(), "{path}: {}", reply.status);
+    }
+    assert_eq!(get(&users, "/api/v1/users").await.json(), json!(["a/b"]));
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use rideshare_core::clock::Zone;
 use rideshare_core::api::AdminToken;
+use rideshare_core::clock::Zone;
 use rideshare_svc::cli::{EngineArgs, HashingArgs, HttpArgs, RuntimeArgs, ScalingArgs, UpArgs};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
