@@ -7,32 +7,14 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{up_args, Client};
+use common::{embedded_args, Client};
 use reqwest::StatusCode;
-use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
 use serde_json::json;
 
-/// Fully embedded: no engine flags.
 fn args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
-    up_args(
-        data_dir,
-        scale_interval,
-        EngineArgs {
-            amqp_url: None,
-            zk: None,
-            zk_session_timeout: Duration::from_secs(4),
-            log_stream: "rideshare.log".into(),
-        },
-        RuntimeArgs {
-            runtime: RuntimeKind::Docker,
-            worker_image: "rideshare-worker:latest".into(),
-            docker_network: "host".into(),
-            cluster: "rideshare".into(),
-            worker_program: None,
-            worker_data_dir: data_dir.join("workers"),
-        },
-    )
+    embedded_args(data_dir, scale_interval)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
-use rideshare_svc::cli::{EngineArgs, HashingArgs, HttpArgs, RuntimeArgs, ScalingArgs, UpArgs};
+use rideshare_svc::cli::{
+    EngineArgs, HashingArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, UpArgs,
+};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
 
@@ -68,6 +70,28 @@ pub fn up_args(
         engines,
         runtime,
     }
+}
+
+/// `rideshare up` fully embedded (no engine flags), on port 0 everywhere.
+pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
+    up_args(
+        data_dir,
+        scale_interval,
+        EngineArgs {
+            amqp_url: None,
+            zk: None,
+            zk_session_timeout: Duration::from_secs(4),
+            log_stream: "rideshare.log".into(),
+        },
+        RuntimeArgs {
+            runtime: RuntimeKind::Docker,
+            worker_image: "rideshare-worker:latest".into(),
+            docker_network: "host".into(),
+            cluster: "rideshare".into(),
+            worker_program: None,
+            worker_data_dir: data_dir.join("workers"),
+        },
+    )
 }
 
 /// A client that, like an operator, sends the admin token with every call.
