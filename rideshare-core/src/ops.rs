@@ -12,7 +12,7 @@ use crate::area::Area;
 use crate::domain::{RideId, Timestamp, Username};
 
 /// An operation that changes state. Applied by the master, replicated through the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum WriteOp {
     /// Adds a user. `password_hash` is already a PHC string (argon2), never the client's digest.
@@ -46,7 +46,7 @@ pub enum WriteOp {
 }
 
 /// The result of a write, identical on every replica that applies it at the same log index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum WriteOutcome {
     Done,
@@ -59,7 +59,7 @@ pub enum WriteOutcome {
 }
 
 /// A query. Time enters as data (`after`), so a read is a pure function of the state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ReadOp {
     /// All usernames, in creation order.
@@ -83,7 +83,7 @@ pub enum ReadOp {
 }
 
 /// One line of an upcoming-rides listing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RideSummary {
     #[serde(rename = "rideId")]
     pub ride_id: RideId,
@@ -92,7 +92,7 @@ pub struct RideSummary {
 }
 
 /// A whole ride as `GET /api/v1/rides/{rideId}` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RideDetail {
     #[serde(rename = "rideId")]
     pub ride_id: RideId,
@@ -104,7 +104,7 @@ pub struct RideDetail {
     pub destination: Area,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ReadOutcome {
     Users { users: Vec<Username> },

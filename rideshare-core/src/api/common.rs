@@ -273,22 +273,32 @@ pub fn with_counter<S: Clone + Send + Sync + 'static>(
     counter: Arc<RequestCounter>,
     limits: &ServiceLimits,
 ) -> Router<S> {
-    let read = get({
-        let counter = Arc::clone(&counter);
-        move || async move { Json(json!([counter.get()])) }
-    });
-    let reset = limits.admin_only(delete({
-        let counter = Arc::clone(&counter);
-        move || async move {
-            counter.reset();
-            empty(StatusCode::OK)
-        }
-    }));
-    let count_routes = Router::new().route("/api/v1/_count", read.merge(reset));
+    let count_routes = Router::new()
+        .route(
+            "/api/v1/_count",
+            get(count).merge(limits.admin_only(delete(reset_count))),
+        )
+        .with_state(Arc::clone(&counter));
     limits
         .apply(counted)
         .route_layer(axum::middleware::from_fn_with_state(counter, count_request))
         .merge(limits.apply(count_routes))
+}
+
+/// `GET /api/v1/_count`: `[n]`, the requests this instance received on its own API paths.
+#[utoipa::path(get, path = "/api/v1/_count", tag = "counters",
+    responses((status = 200, description = "[n]", body = [u64])))]
+pub(crate) async fn count(State(counter): State<Arc<RequestCounter>>) -> Json<[u64; 1]> {
+    Json([counter.get()])
+}
+
+/// `DELETE /api/v1/_count`: resets the count to 0 (an admin call).
+#[utoipa::path(delete, path = "/api/v1/_count", tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Reset to 0", body = super::openapi::Empty)))]
+pub(crate) async fn reset_count(State(counter): State<Arc<RequestCounter>>) -> Response {
+    counter.reset();
+    empty(StatusCode::OK)
 }
 
 /// Unknown paths: 404 with a JSON body.
@@ -300,6 +310,13 @@ pub async fn not_found() -> ApiError {
 }
 
 /// `GET /health`: liveness, not counted.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Alive", body = super::openapi::Health)))]
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The `/health` route.
 pub fn health_route<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+    Router::new().route("/health", get(health))
 }

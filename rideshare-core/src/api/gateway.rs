@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use super::common::{ApiError, ServiceLimits};
+use super::openapi::{gateway_openapi, openapi_route};
 
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -43,7 +44,11 @@ pub fn gateway_router(config: GatewayConfig, limits: ServiceLimits) -> Router {
     });
     // The edge's path rule has made the URI canonical before `proxy` sees it, so the gateway
     // routes on, and forwards, exactly the path it matched.
-    limits.edge(limits.apply(Router::new().fallback(proxy).with_state(state)))
+    let router = Router::new()
+        .fallback(proxy)
+        .with_state(state)
+        .merge(openapi_route(&gateway_openapi()));
+    limits.edge(limits.apply(router))
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).

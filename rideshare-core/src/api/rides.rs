@@ -19,12 +19,13 @@ use super::common::{
     clear_with, empty, field, health_route, json_object, list_or_no_content, not_found,
     string_field, unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
+use super::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody, JoinRide, NewRide};
 use super::users::unexpected;
 use crate::area::Area;
 use crate::clock::Clock;
 use crate::db::Db;
 use crate::domain::{RideId, Timestamp, Username};
-use crate::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
+use crate::ops::{ReadOp, ReadOutcome, RideDetail, RideSummary, WriteOp, WriteOutcome};
 
 /// Where the rides service finds users, and who it says it is.
 #[derive(Clone, Debug)]
@@ -36,6 +37,15 @@ pub struct RidesConfig {
     /// Bound on one user check.
     pub users_timeout: Duration,
 }
+
+/// The rides service's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "RideShare rides service", description = "SPEC.md, rides service"),
+    paths(create_ride, list_rides, get_ride, join_ride, delete_ride, count_rides, clear, super::common::count, super::common::reset_count, super::common::health),
+    modifiers(&EdgeResponses)
+)]
+pub struct RidesApi;
 
 struct RidesState<D> {
     db: D,
@@ -73,6 +83,7 @@ pub fn rides_router<D: Db>(
     let uncounted = Router::new()
         .route("/api/v1/db/clear", limits.admin_only(post(clear::<D>)))
         .merge(health_route())
+        .merge(openapi_route(&<RidesApi as utoipa::OpenApi>::openapi()))
         .fallback(not_found);
     let service = with_counter(counted, Arc::new(RequestCounter::default()), &limits)
         .merge(limits.apply(uncounted))
@@ -125,6 +136,12 @@ fn ride_id(text: &str) -> Result<RideId, ApiError> {
     Ok(RideId::parse(text)?)
 }
 
+#[utoipa::path(post, path = "/api/v1/rides", tag = "rides",
+    request_body(content = NewRide, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = Empty),
+        (status = 400, description = "Unknown user, bad timestamp, bad area, missing field, malformed JSON", body = ErrorBody),
+    ))]
 async fn create_ride<D: Db>(
     State(state): State<Arc<RidesState<D>>>,
     body: Bytes,
@@ -154,6 +171,16 @@ async fn create_ride<D: Db>(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/rides", tag = "rides",
+    params(
+        ("source" = Area, Query, description = "Area number 1..198"),
+        ("destination" = Area, Query, description = "Area number 1..198"),
+    ),
+    responses(
+        (status = 200, description = "Upcoming rides, by time", body = [RideSummary]),
+        (status = 204, description = "None upcoming"),
+        (status = 400, description = "A missing or invalid parameter", body = ErrorBody),
+    ))]
 async fn list_rides<D: Db>(
     State(state): State<Arc<RidesState<D>>>,
     Query(params): Query<HashMap<String, String>>,
@@ -176,6 +203,13 @@ async fn list_rides<D: Db>(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/rides/{rideId}", tag = "rides",
+    params(("rideId" = RideId, Path, description = "The ride's id")),
+    responses(
+        (status = 200, description = "The ride", body = RideDetail),
+        (status = 204, description = "No such ride"),
+        (status = 400, description = "Not a ride id", body = ErrorBody),
+    ))]
 async fn get_ride<D: Db>(
     State(state): State<Arc<RidesState<D>>>,
     Path(id): Path<String>,
@@ -188,6 +222,13 @@ async fn get_ride<D: Db>(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/rides/{rideId}", tag = "rides",
+    params(("rideId" = RideId, Path, description = "The ride's id")),
+    request_body(content = JoinRide, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Joined", body = Empty),
+        (status = 400, description = "Unknown ride or user, the creator, or already joined", body = ErrorBody),
+    ))]
 async fn join_ride<D: Db>(
     State(state): State<Arc<RidesState<D>>>,
     Path(id): Path<String>,
@@ -221,6 +262,12 @@ async fn join_ride<D: Db>(
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/rides/{rideId}", tag = "rides",
+    params(("rideId" = RideId, Path, description = "The ride's id")),
+    responses(
+        (status = 200, description = "Deleted", body = Empty),
+        (status = 400, description = "No such ride", body = ErrorBody),
+    ))]
 async fn delete_ride<D: Db>(
     State(state): State<Arc<RidesState<D>>>,
     Path(id): Path<String>,
@@ -233,6 +280,8 @@ async fn delete_ride<D: Db>(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/rides/count", tag = "rides",
+    responses((status = 200, description = "[n]: rides stored", body = [u64])))]
 async fn count_rides<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
     match state.db.read(ReadOp::CountRides).await? {
         ReadOutcome::Count { count } => Ok(Json([count]).into_response()),
@@ -240,6 +289,12 @@ async fn count_rides<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<R
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/db/clear", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every ride deleted; users stay", body = Empty),
+        (status = 400, description = "The database could not be cleared", body = ErrorBody),
+    ))]
 async fn clear<D: Db>(State(state): State<Arc<RidesState<D>>>) -> Result<Response, ApiError> {
     clear_with(&state.db, WriteOp::ClearRides).await
 }

@@ -15,9 +15,19 @@ use super::common::{
     unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
 use super::hashing::{HashError, Hasher, PasswordHashing};
+use super::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody, NewUser};
 use crate::db::Db;
 use crate::domain::{PasswordDigest, Username};
 use crate::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
+
+/// The users service's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "RideShare users service", description = "SPEC.md, users service"),
+    paths(add_user, list_users, delete_user, clear, super::common::count, super::common::reset_count, super::common::health),
+    modifiers(&EdgeResponses)
+)]
+pub struct UsersApi;
 
 struct UsersState<D> {
     db: D,
@@ -38,6 +48,7 @@ pub fn users_router<D: Db>(db: D, hashing: PasswordHashing, limits: ServiceLimit
     let uncounted = Router::new()
         .route("/api/v1/db/clear", limits.admin_only(post(clear::<D>)))
         .merge(health_route())
+        .merge(openapi_route(&<UsersApi as utoipa::OpenApi>::openapi()))
         .fallback(not_found);
     let service = with_counter(counted, Arc::new(RequestCounter::default()), &limits)
         .merge(limits.apply(uncounted))
@@ -45,6 +56,12 @@ pub fn users_router<D: Db>(db: D, hashing: PasswordHashing, limits: ServiceLimit
     limits.edge(service)
 }
 
+#[utoipa::path(put, path = "/api/v1/users", tag = "users",
+    request_body(content = NewUser, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = Empty),
+        (status = 400, description = "User exists, a field missing or not a string, password not 40 hex digits, malformed JSON", body = ErrorBody),
+    ))]
 async fn add_user<D: Db>(
     State(state): State<Arc<UsersState<D>>>,
     body: Bytes,
@@ -109,6 +126,11 @@ fn busy() -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    responses(
+        (status = 200, description = "Usernames in creation order", body = [String]),
+        (status = 204, description = "No users"),
+    ))]
 async fn list_users<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Response, ApiError> {
     match state.db.read(ReadOp::ListUsers).await? {
         ReadOutcome::Users { users } => Ok(list_or_no_content(users)),
@@ -116,6 +138,12 @@ async fn list_users<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Re
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users",
+    params(("username" = String, Path, description = "The username, percent-encoded")),
+    responses(
+        (status = 200, description = "Deleted, with the rides the user created", body = Empty),
+        (status = 400, description = "No such user", body = ErrorBody),
+    ))]
 async fn delete_user<D: Db>(
     State(state): State<Arc<UsersState<D>>>,
     Path(username): Path<String>,
@@ -138,6 +166,12 @@ async fn delete_user<D: Db>(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/db/clear", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every user (and so every ride) deleted", body = Empty),
+        (status = 400, description = "The database could not be cleared", body = ErrorBody),
+    ))]
 async fn clear<D: Db>(State(state): State<Arc<UsersState<D>>>) -> Result<Response, ApiError> {
     clear_with(&state.db, WriteOp::ClearUsers).await
 }

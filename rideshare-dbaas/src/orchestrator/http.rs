@@ -18,8 +18,47 @@ use rideshare_core::api::common::{empty, json_object, not_found, ApiError, Servi
 use rideshare_core::ops::{ReadOp, RequestId, WriteOp, WriteOutcome};
 use serde_json::Value;
 
-use super::Orchestrator;
+use rideshare_core::api::common::health_route;
+use rideshare_core::api::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody};
+
+use super::{Orchestrator, ReadAnswer, WriteAck};
 use crate::error::Error;
+
+/// `POST /api/v1/db/write`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WriteRequest {
+    pub op: WriteOp,
+    /// The client's id for this write, kept across its retries (1..=128 bytes); one is made
+    /// when absent.
+    #[schema(min_length = 1, max_length = 128)]
+    pub request_id: Option<String>,
+}
+
+/// How fresh a read must be.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read started (the default).
+    Strong,
+    /// Any caught-up replica's state.
+    Stale,
+}
+
+/// `POST /api/v1/db/read`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReadRequest {
+    pub op: ReadOp,
+    pub consistency: Option<Consistency>,
+}
+
+/// The orchestrator's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "RideShare DBaaS orchestrator", description = "SPEC.md, DBaaS orchestrator"),
+    paths(write, read, clear, crash_master, crash_slave, worker_list, rideshare_core::api::common::health),
+    modifiers(&EdgeResponses)
+)]
+pub struct OrchestratorApi;
 
 /// The orchestrator's API. Every route but `/health` is an admin call (401 without the admin
 /// token, when one is set).
@@ -32,10 +71,10 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
         .route("/api/v1/crash/master", admin(post(crash_master)))
         .route("/api/v1/crash/slave", admin(post(crash_slave)))
         .route("/api/v1/worker/list", admin(get(worker_list)))
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .merge(health_route())
+        .merge(openapi_route(
+            &<OrchestratorApi as utoipa::OpenApi>::openapi(),
+        ))
         .fallback(not_found)
         .with_state(orchestrator);
     limits.edge(limits.apply(router))
@@ -54,6 +93,12 @@ fn typed<T: serde::de::DeserializeOwned>(value: Option<&Value>, what: &str) -> R
         .map_err(|e| ApiError::bad_request(format!("bad {what} operation: {e}")))
 }
 
+#[utoipa::path(post, path = "/api/v1/db/write", tag = "db", security(("admin_token" = [])),
+    request_body(content = WriteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed: its log index, epoch, worker and outcome", body = WriteAck),
+        (status = 400, description = "Not a write operation", body = ErrorBody),
+    ))]
 async fn write(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
     let op: WriteOp = typed(body.get("op"), "write")?;
@@ -70,6 +115,12 @@ async fn write(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respon
     Ok(Json(ack).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/db/read", tag = "db", security(("admin_token" = [])),
+    request_body(content = ReadRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The result and the index it was read at", body = ReadAnswer),
+        (status = 400, description = "Not a read operation", body = ErrorBody),
+    ))]
 async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
     let op: ReadOp = typed(body.get("op"), "read")?;
@@ -88,6 +139,11 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/db/clear", tag = "db", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Everything cleared (ride ids are still never reused)", body = Empty),
+        (status = 400, description = "The database could not be cleared", body = ErrorBody),
+    ))]
 async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     match o.write(RequestId::random(), WriteOp::ClearAll).await {
         Ok(ack) if ack.outcome == WriteOutcome::Done => Ok(empty(StatusCode::OK)),
@@ -109,6 +165,11 @@ fn nothing_to_crash(what: &str) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/crash/master", tag = "workers", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "[pid] of the killed master", body = [u64]),
+        (status = 409, description = "No master to crash right now", body = ErrorBody),
+    ))]
 async fn crash_master(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     match o.crash_master().await {
         Ok(pid) => Ok(Json([pid]).into_response()),
@@ -117,6 +178,11 @@ async fn crash_master(State(o): State<Arc<Orchestrator>>) -> Result<Response, Ap
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/crash/slave", tag = "workers", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "[pid] of the killed slave (the highest pid)", body = [u64]),
+        (status = 409, description = "No slave to crash right now", body = ErrorBody),
+    ))]
 async fn crash_slave(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     match o.crash_slave().await {
         Ok(pid) => Ok(Json([pid]).into_response()),
@@ -125,6 +191,8 @@ async fn crash_slave(State(o): State<Arc<Orchestrator>>) -> Result<Response, Api
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/worker/list", tag = "workers", security(("admin_token" = [])),
+    responses((status = 200, description = "Pids of all workers, ascending", body = [u64])))]
 async fn worker_list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     let pids = o.worker_pids().await.map_err(unavailable)?;
     Ok(Json(pids).into_response())

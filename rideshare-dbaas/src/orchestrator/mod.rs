@@ -81,7 +81,7 @@ pub struct OrchestratorDeps {
 }
 
 /// An acknowledged write.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WriteAck {
     pub index: u64,
     pub epoch: u64,
@@ -90,7 +90,7 @@ pub struct WriteAck {
 }
 
 /// A read's answer.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ReadAnswer {
     pub applied_index: u64,
     pub worker: String,
