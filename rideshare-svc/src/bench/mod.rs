@@ -35,9 +35,10 @@ use self::report::{LevelReport, OpStats, Report, SeedSummary, VerifyReport};
 use self::seed::{SeedPlan, Seeded};
 use self::watch::Watch;
 
-/// Joins per second the join pool is sized for (pairs = this × join share × measured time);
+/// Joins per second the join pool is sized for (pairs = this × join share × run time), about
+/// twice the most a `rideshare up` on 2 shared cores was measured to take (docs/benchmarks.md);
 /// joins past the pool get 400 (already joined), which the report shows.
-pub const JOIN_RATE_BOUND: f64 = 3000.0;
+pub const JOIN_RATE_BOUND: f64 = 2000.0;
 
 /// Flags of `rideshare bench`; each has a `RIDESHARE_BENCH_*` environment twin.
 #[derive(Debug, Clone, Args)]
@@ -72,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long, env = "RIDESHARE_BENCH_LIST_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub list_size: u64,
     /// Users seeded to join rides (when the mix joins); rides to join are seeded to match.
-    #[arg(long, env = "RIDESHARE_BENCH_JOIN_USERS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, env = "RIDESHARE_BENCH_JOIN_USERS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub join_users: u64,
     /// Bound on one request, connecting included.
     #[arg(long, env = "RIDESHARE_BENCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -173,9 +174,11 @@ pub async fn run_bench(args: &BenchArgs) -> Result<Report, BenchError> {
         join_users: usize::try_from(args.join_users).unwrap_or(1),
         join_pairs: (measured * args.mix.share(Op::Join) * JOIN_RATE_BOUND).ceil() as usize,
     };
+    let seeding = Instant::now();
     let seeded = seed::seed(&target, args.timeout, &plan).await?;
+    let seed_s = seeding.elapsed().as_secs_f64();
     eprintln!(
-        "bench: seeded run {} ({} listed rides on {:?}, {} join pairs)",
+        "bench: seeded run {} in {seed_s:.1} s ({} listed rides on {:?}, {} join pairs)",
         seeded.run_id,
         seeded.list_rides.len(),
         seeded.list_pair,
@@ -201,7 +204,7 @@ pub async fn run_bench(args: &BenchArgs) -> Result<Report, BenchError> {
         duration_s: args.duration.as_secs_f64(),
         warmup_s: args.warmup.as_secs_f64(),
         timeout_s: args.timeout.as_secs_f64(),
-        seeded: SeedSummary::from(&seeded),
+        seeded: SeedSummary::new(&seeded, seed_s),
         levels,
         verify_users,
     })

@@ -220,10 +220,13 @@ pub struct SeedSummary {
     pub join_rides: usize,
     /// Joins that can succeed (users × rides); joins past them get 400.
     pub join_pairs: usize,
+    /// How long seeding took.
+    pub seconds: f64,
 }
 
-impl From<&Seeded> for SeedSummary {
-    fn from(s: &Seeded) -> Self {
+impl SeedSummary {
+    /// What `s` holds, seeded in `seconds`.
+    pub fn new(s: &Seeded, seconds: f64) -> Self {
         SeedSummary {
             run_id: s.run_id.clone(),
             owner: s.owner.clone(),
@@ -234,6 +237,7 @@ impl From<&Seeded> for SeedSummary {
             join_users: s.join_users.len(),
             join_rides: s.join_rides.len(),
             join_pairs: s.join_pairs(),
+            seconds,
         }
     }
 }
