@@ -34,6 +34,9 @@ pub enum Command {
     /// Run the distributed system on the real engines under injected faults and check the
     /// recorded history against the write log.
     Chaos(crate::chaos::ChaosArgs),
+    /// Load a running gateway through the public API and report req/s and latency per
+    /// concurrency level and operation.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.

@@ -25,5 +25,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Orchestrator(args) => roles::orchestrator(args, shutdown).await,
         Command::Worker(args) => roles::worker(args).await,
         Command::Chaos(args) => rideshare_svc::chaos::run(args).await,
+        Command::Bench(args) => rideshare_svc::bench::run(args).await,
     }
 }
