@@ -2,7 +2,8 @@
 # The one test gate, run the same way locally and in CI:
 #   formatting, clippy with -D warnings, the real engines started (RabbitMQ and ZooKeeper from
 #   Debian's packages, installed when missing), the worker image built, every test including
-#   those against the real engines and Docker, and the benches compiled.
+#   those against the real engines and Docker, the API fuzzed against its OpenAPI documents
+#   (schemathesis from PyPI in a virtual environment), a chaos run, and the benches compiled.
 # It stops the engines it started. A test that needs an absent engine fails; none skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker t
 
 step "cargo test (workspace, including the real-engine tests)"
 cargo test --workspace -- --include-ignored
+
+step "fuzz: schemathesis against every OpenAPI document of rideshare up (about 1 minute)"
+./scripts/fuzz-api.sh
 
 step "chaos: the real engines under faults, checked (about 2 minutes)"
 ./target/release/rideshare chaos --duration 100s --json target/chaos.json
