@@ -17,7 +17,6 @@ pub mod watch;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,10 +80,6 @@ pub struct BenchArgs {
     /// Write the whole report as JSON to this file.
     #[arg(long, env = "RIDESHARE_BENCH_JSON")]
     pub json: Option<PathBuf>,
-    /// Admin token, for admin calls only; every operation the bench sends is public, so it
-    /// currently sends it with none.
-    #[arg(long, env = "RIDESHARE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<Secret>,
     /// After the run, check that every user that got 201 is in `GET /api/v1/users`; exit
     /// non-zero when one is missing.
     #[arg(long, env = "RIDESHARE_BENCH_VERIFY_USERS")]
@@ -92,23 +87,6 @@ pub struct BenchArgs {
     /// Sample /proc/PID/status every 100 ms and report peak VmRSS, VmHWM and threads.
     #[arg(long, env = "RIDESHARE_BENCH_WATCH_PID")]
     pub watch_pid: Option<u32>,
-}
-
-/// A value that never shows in `Debug` output or reports.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<hidden>)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
 }
 
 /// Why a bench run could not be carried out (a bad answer during the run is a figure, not this).
