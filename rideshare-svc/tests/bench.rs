@@ -7,35 +7,18 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser;
-use common::up_args;
+use common::embedded_args;
 use rideshare_svc::bench::mix::Op;
 use rideshare_svc::bench::run_bench;
-use rideshare_svc::cli::{Cli, Command, EngineArgs, RuntimeArgs, RuntimeKind};
+use rideshare_svc::cli::{Cli, Command};
 use rideshare_svc::up::start;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_mixed_run_reports_every_operation_and_finds_its_users() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(up_args(
-        dir.path(),
-        Duration::from_secs(120),
-        EngineArgs {
-            amqp_url: None,
-            zk: None,
-            zk_session_timeout: Duration::from_secs(4),
-            log_stream: "rideshare.log".into(),
-        },
-        RuntimeArgs {
-            runtime: RuntimeKind::Docker,
-            worker_image: "rideshare-worker:latest".into(),
-            docker_network: "host".into(),
-            cluster: "rideshare".into(),
-            worker_program: None,
-            worker_data_dir: dir.path().join("workers"),
-        },
-    ))
-    .await
-    .unwrap();
+    let up = start(embedded_args(dir.path(), Duration::from_secs(120)))
+        .await
+        .unwrap();
 
     let gateway = format!("http://{}", up.gateway);
     let pid = std::process::id().to_string();

@@ -7,9 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{embedded_args, Client, ADMIN_TOKEN};
+use common::{embedded_up, Client, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
-use rideshare_svc::up::{start, Up};
+use rideshare_svc::up::Up;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -108,12 +108,7 @@ async fn counts(up: &Up, c: &Client) -> Counts {
 async fn path_tricks_to_every_admin_path_reach_no_admin_handler() {
     let dir = tempfile::tempdir().unwrap();
     // No token: only the path rule stands between a trick and an admin handler.
-    let mut args = embedded_args(dir.path(), Duration::from_secs(120));
-    args.http.admin_token = None;
-    let up = start(args).await.unwrap();
-    let c = Client::new(&up);
-    c.wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await;
+    let (up, c) = embedded_up(dir.path(), |args| args.http.admin_token = None).await;
     assert_eq!(c.add_user("asha").await, StatusCode::CREATED);
     let ride = json!({"created_by": "asha", "timestamp": "01-09-2099:05-10-17", "source": 1, "destination": 2});
     assert_eq!(
@@ -179,12 +174,7 @@ async fn path_tricks_to_every_admin_path_reach_no_admin_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_admin_call_answers_401_without_it_and_works_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(embedded_args(dir.path(), Duration::from_secs(120)))
-        .await
-        .unwrap();
-    let c = Client::new(&up);
-    c.wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await;
+    let (up, c) = embedded_up(dir.path(), |_| {}).await;
     let admin = [
         (up.orchestrator, "GET", "/api/v1/worker/list"),
         (up.orchestrator, "POST", "/api/v1/db/read"),
@@ -236,12 +226,7 @@ async fn with_a_token_every_admin_call_answers_401_without_it_and_works_with_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_half_requests_are_closed_and_do_not_slow_others() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(embedded_args(dir.path(), Duration::from_secs(120)))
-        .await
-        .unwrap();
-    let c = Client::new(&up);
-    c.wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await;
+    let (up, c) = embedded_up(dir.path(), |_| {}).await;
     assert_eq!(c.add_user("asha").await, StatusCode::CREATED);
 
     // 500 connections each send half a request and stall.

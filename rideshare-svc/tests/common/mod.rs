@@ -94,6 +94,19 @@ pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
     )
 }
 
+/// An embedded `rideshare up` serving, with its master and slave registered, and a client.
+pub async fn embedded_up(data_dir: &Path, args: impl FnOnce(&mut UpArgs)) -> (Up, Client) {
+    let mut up_args = embedded_args(data_dir, Duration::from_secs(120));
+    args(&mut up_args);
+    let up = rideshare_svc::up::start(up_args).await.unwrap();
+    let client = Client::new(&up);
+    let (pids, _) = client
+        .wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
+        .await;
+    assert_eq!(pids.len(), 2, "one master and one slave at start: {pids:?}");
+    (up, client)
+}
+
 /// A client that, like an operator, sends the admin token with every call.
 pub struct Client {
     http: reqwest::Client,
