@@ -54,7 +54,8 @@ impl OrchestratorDb {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_pause).await;
             }
-            let response = match self.http.post(&url).json(&body).send().await {
+            let request = rideshare_core::api::observe::propagate(self.http.post(&url));
+            let response = match request.json(&body).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = DbError::Unavailable(format!("orchestrator unreachable: {e}"));

@@ -13,6 +13,15 @@ use rideshare_core::clock::Zone;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written: `text` or `json` (one object per line, with the request id).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDESHARE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +42,12 @@ pub enum Command {
     /// Run the distributed system on the real engines under injected faults and check the
     /// recorded history against the write log.
     Chaos(crate::chaos::ChaosArgs),
+    /// The cluster in the terminal: workers, scaling window, last failovers (`--watch`).
+    Status(crate::status::StatusArgs),
+    /// Kill the master's or a slave's worker through the orchestrator.
+    Crash(crate::status::CrashArgs),
+    /// Hand the master role to a caught-up slave without failing a write.
+    Switchover(crate::status::SwitchoverArgs),
 }
 
 /// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.

@@ -22,6 +22,7 @@ use crate::cli::{
     GatewayArgs, HttpArgs, OrchestratorArgs, RidesArgs, ScalingArgs, UsersArgs, WorkerArgs,
 };
 use crate::engines::runtime;
+use crate::observe;
 use crate::serve::{bind, run_until, spawn_server};
 
 /// Bound on one internal HTTP hop.
@@ -66,6 +67,7 @@ async fn serve_one(
 }
 
 pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (users_url, rides_url) = (args.users_url.clone(), args.rides_url.clone());
     let router = gateway_router(
         GatewayConfig {
             users_url: args.users_url,
@@ -74,17 +76,20 @@ pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> a
         },
         args.http.limits(),
     );
+    let router = observe::gateway(router, &users_url, &rides_url);
     serve_one("gateway", args.listen, router, shutdown).await
 }
 
 pub async fn users(args: UsersArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
+    let db = OrchestratorDb::new(args.orchestrator_url.clone(), HOP_TIMEOUT);
     let router = users_router(db, PasswordHashing::default(), args.http.limits());
+    let router = observe::service("users", router, &args.orchestrator_url);
     serve_one("users", args.listen, router, shutdown).await
 }
 
 pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT);
+    let db = OrchestratorDb::new(args.orchestrator_url.clone(), HOP_TIMEOUT);
+    let orchestrator_url = args.orchestrator_url;
     let router = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -95,6 +100,7 @@ pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyho
         },
         args.http.limits(),
     );
+    let router = observe::service("rides", router, &orchestrator_url);
     serve_one("rides", args.listen, router, shutdown).await
 }
 
@@ -113,6 +119,7 @@ pub async fn orchestrator(
     .await
     .context("cannot start the orchestrator")?;
     let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
+    let router = observe::orchestrator(router, Arc::clone(&running.orchestrator));
     serve_one("orchestrator", args.listen, router, shutdown).await
 }
 

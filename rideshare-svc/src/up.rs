@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::engines;
+use crate::observe;
 use crate::roles::HOP_TIMEOUT;
 use crate::serve::{bind, run_until, spawn_server};
 
@@ -143,8 +144,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
 
     let dbaas = Dbaas::start(&args).await?;
 
-    let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT);
+    let db = OrchestratorDb::new(orchestrator_url.clone(), HOP_TIMEOUT);
     let users = users_router(db.clone(), PasswordHashing::default(), limits);
+    let users = observe::service("users", users, &orchestrator_url);
     let rides = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -155,6 +157,8 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         },
         limits,
     );
+    let rides = observe::service("rides", rides, &orchestrator_url);
+    let gateway_upstreams = (users_url.clone(), rides_url.clone());
     let gateway = gateway_router(
         GatewayConfig {
             users_url,
@@ -163,7 +167,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         },
         limits,
     );
+    let gateway = observe::gateway(gateway, &gateway_upstreams.0, &gateway_upstreams.1);
     let orchestrator = orchestrator_router(Arc::clone(dbaas.orchestrator()), limits);
+    let orchestrator = observe::orchestrator(orchestrator, Arc::clone(dbaas.orchestrator()));
 
     let addrs = (
         gateway_listener.local_addr()?,

@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod gateway;
+pub mod observe;
 pub mod rides;
 pub mod users;
 

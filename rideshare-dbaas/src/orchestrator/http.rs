@@ -18,7 +18,7 @@ use rideshare_core::api::common::{empty, json_object, not_found, ApiError, Servi
 use rideshare_core::ops::{ReadOp, RequestId, WriteOp, WriteOutcome};
 use serde_json::Value;
 
-use super::Orchestrator;
+use super::{dashboard, status, Orchestrator};
 use crate::error::Error;
 
 pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimits) -> Router {
@@ -34,7 +34,9 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .fallback(not_found)
-        .with_state(orchestrator);
+        .with_state(Arc::clone(&orchestrator))
+        .merge(status::routes(orchestrator))
+        .merge(dashboard::routes());
     limits.apply(router)
 }
 
@@ -62,7 +64,9 @@ async fn write(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respon
             ))
         }
     };
-    let ack = o.write(request_id, op).await.map_err(unavailable)?;
+    let ack = o.write(request_id, op).await;
+    o.telemetry.written(&ack);
+    let ack = ack.map_err(unavailable)?;
     Ok(Json(ack).into_response())
 }
 
@@ -80,12 +84,16 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
         }
     };
     o.count_read();
-    let answer = o.read(op, stale).await.map_err(unavailable)?;
+    let answer = o.read(op, stale).await;
+    o.telemetry.read(&answer, stale);
+    let answer = answer.map_err(unavailable)?;
     Ok(Json(answer).into_response())
 }
 
 async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
-    match o.write(RequestId::random(), WriteOp::ClearAll).await {
+    let ack = o.write(RequestId::random(), WriteOp::ClearAll).await;
+    o.telemetry.written(&ack);
+    match ack {
         Ok(ack) if ack.outcome == WriteOutcome::Done => Ok(empty(StatusCode::OK)),
         Ok(ack) => Err(ApiError::bad_request(format!(
             "could not clear: {:?}",
