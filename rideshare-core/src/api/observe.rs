@@ -56,8 +56,30 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only this role's scrape-time figures");
         }
+        describe_http_metrics();
         handle
     })
+}
+
+fn describe_http_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "rideshare_http_requests_total",
+        "HTTP requests answered, by service, method, route template and status."
+    );
+    describe_histogram!(
+        "rideshare_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by service, method and route template."
+    );
+    describe_gauge!(
+        "rideshare_http_requests_in_flight",
+        "HTTP requests being served now, by service."
+    );
+    describe_counter!(
+        "rideshare_http_rejected_total",
+        "HTTP requests answered 503 (the database or an upstream unavailable), by service and route."
+    );
 }
 
 /// The id of the request being served by the current task, if any.
@@ -166,6 +188,8 @@ impl Observed {
 /// request id (the caller's `x-request-id`, or a new UUID) that is echoed in the answer and
 /// carried by the span every log line of the request is written in.
 pub fn observe(router: Router, observed: Observed) -> Router {
+    // Installed now, so that what happens before the first scrape is counted.
+    metrics_handle();
     let routes = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/ready", get(ready))

@@ -139,6 +139,7 @@ impl Orchestrator {
         deps: OrchestratorDeps,
     ) -> Result<RunningOrchestrator> {
         let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
+        status::describe();
         deps.broker.declare(WRITE_QUEUE).await?;
         deps.broker.declare(READ_QUEUE).await?;
         let rpc =

@@ -306,6 +306,46 @@ pub fn readiness(
     Ok(())
 }
 
+/// Installs the process's Prometheus registry if need be, and describes the orchestrator's
+/// counters and histograms in it.
+pub(crate) fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    rideshare_core::api::observe::metrics_handle();
+    describe_counter!(
+        "rideshare_db_writes_total",
+        "Database writes answered to clients: acknowledged (durable and applied) or failed."
+    );
+    describe_counter!(
+        "rideshare_db_reads_total",
+        "Database reads answered to clients, by consistency (strong, stale) and result."
+    );
+    describe_counter!(
+        "rideshare_elections_total",
+        "Master changes seen by this orchestrator (a ready master after the previous one was lost)."
+    );
+    describe_histogram!(
+        "rideshare_election_duration_seconds",
+        Unit::Seconds,
+        "From the old master seen gone to the new master ready for writes."
+    );
+    describe_counter!(
+        "rideshare_worker_starts_total",
+        "Workers started by this orchestrator (at start, to replace dead ones, to scale out)."
+    );
+    describe_counter!(
+        "rideshare_worker_deaths_total",
+        "Registered workers found no longer running (crashed, killed, or stopped on their own)."
+    );
+    describe_counter!(
+        "rideshare_worker_kills_total",
+        "Workers killed by this orchestrator, by reason."
+    );
+    describe_counter!(
+        "rideshare_scaling_decisions_total",
+        "Scaling windows closed, by change of the slave target (out, in, none)."
+    );
+}
+
 impl Telemetry {
     /// A write answered (or not) to a client.
     pub(crate) fn written(&self, answer: &Result<super::WriteAck>) {
