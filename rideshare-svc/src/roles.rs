@@ -120,6 +120,11 @@ pub async fn orchestrator(
     .context("cannot start the orchestrator")?;
     let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
     let router = observe::orchestrator(router, Arc::clone(&running.orchestrator));
+    let orchestrator = Arc::clone(&running.orchestrator);
+    let shutdown = async move {
+        shutdown.await;
+        orchestrator.close_event_streams();
+    };
     serve_one("orchestrator", args.listen, router, shutdown).await
 }
 

@@ -45,6 +45,11 @@ pub struct Up {
 impl Up {
     /// Serves until `shutdown` resolves (or a server fails), then stops everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let orchestrator = Arc::clone(self.dbaas.orchestrator());
+        let shutdown = async move {
+            shutdown.await;
+            orchestrator.close_event_streams();
+        };
         let result = run_until(shutdown, self.stop, self.servers).await;
         self.dbaas.shutdown().await;
         result

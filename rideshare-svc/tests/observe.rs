@@ -193,7 +193,11 @@ async fn metrics_of_every_role_parse_as_prometheus_text_and_move_under_load() {
     assert!(total(&orchestrator, "rideshare_scale_window_reads", &[]) >= 11.0);
     assert_eq!(total(&orchestrator, "rideshare_master_up", &[]), 1.0);
     assert_eq!(
-        total(&orchestrator, "rideshare_worker_info", &[("role", "master")]),
+        total(
+            &orchestrator,
+            "rideshare_worker_info",
+            &[("role", "master")]
+        ),
         1.0
     );
     assert_eq!(
@@ -358,10 +362,7 @@ async fn one_request_id_is_in_the_gateway_service_orchestrator_and_worker_logs()
             .filter(|line| line["span"]["request_id"] == id)
             .map(|line| match line["span"]["name"].as_str() {
                 Some("db") => "worker".to_owned(),
-                _ => line["span"]["service"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_owned(),
+                _ => line["span"]["service"].as_str().unwrap_or("?").to_owned(),
             })
             .collect()
     };

@@ -53,6 +53,8 @@ pub(crate) struct Telemetry {
     reads_answered: AtomicU64,
     reads_failed: AtomicU64,
     ready: tokio::sync::Mutex<Option<(Instant, u64, std::result::Result<(), String>)>>,
+    /// Set when the HTTP server stops: event streams end, so draining connections can finish.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Telemetry {
@@ -69,6 +71,7 @@ impl Default for Telemetry {
             reads_answered: AtomicU64::new(0),
             reads_failed: AtomicU64::new(0),
             ready: tokio::sync::Mutex::new(None),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -542,6 +545,12 @@ impl Orchestrator {
         })
     }
 
+    /// Ends every event stream (`GET /api/v1/events`) and refuses new ones: call it when the
+    /// HTTP server starts its graceful shutdown, which otherwise waits for them forever.
+    pub fn close_event_streams(&self) {
+        self.telemetry.closing.send_replace(true);
+    }
+
     /// Whether the cluster can serve, reused for a second unless the master changed meanwhile
     /// (so a failover shows at once, and a flood of probes costs one look per second).
     pub async fn ready(&self) -> std::result::Result<(), String> {
@@ -768,15 +777,21 @@ async fn workers(State(o): State<Arc<Orchestrator>>) -> std::result::Result<Resp
 }
 
 /// A `status` event every second and at once on every master change, for as long as the
-/// client listens.
+/// client listens or until the server stops.
 async fn events(State(o): State<Arc<Orchestrator>>) -> Response {
     let changes = o.master_changes.subscribe();
+    let closing = o.telemetry.closing.subscribe();
+    let state = (o, changes, closing, true);
     let stream =
-        futures::stream::unfold((o, changes, true), |(o, mut changes, first)| async move {
+        futures::stream::unfold(state, |(o, mut changes, mut closing, first)| async move {
+            if *closing.borrow_and_update() {
+                return None;
+            }
             if !first {
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = tokio::time::sleep(EVENTS_EVERY) => {}
+                    _ = closing.changed() => return None,
                 }
             }
             let event = match o.status().await {
@@ -786,7 +801,7 @@ async fn events(State(o): State<Arc<Orchestrator>>) -> Response {
                     .unwrap_or_else(|_| Event::default().event("error")),
                 Err(e) => Event::default().event("error").data(e.to_string()),
             };
-            Some((Ok::<_, Infallible>(event), (o, changes, false)))
+            Some((Ok::<_, Infallible>(event), (o, changes, closing, false)))
         });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
