@@ -307,12 +307,13 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
         for f in status.failovers.iter().rev() {
             let _ = writeln!(
                 out,
-                "  {}: pid {} -> pid {} (epoch {}), took {} ms",
+                "  {}: pid {} -> pid {} (epoch {}), took {}",
                 clock_text(f.at_unix_ms),
                 f.old_pid,
                 f.new_pid,
                 f.epoch,
                 f.duration_ms
+                    .map_or("an unseen time".to_owned(), |ms| format!("{ms} ms"))
             );
         }
     }

@@ -370,6 +370,7 @@ impl Orchestrator {
     pub async fn crash_master(&self) -> Result<u32> {
         let master = self.master().await?.ok_or(Error::NotMaster)?;
         self.kill_worker(&master.id).await?;
+        self.telemetry.master_lost(&master.id);
         metrics::counter!("rideshare_worker_kills_total", "reason" => "crash_master").increment(1);
         tracing::info!(id = %master.id, pid = master.pid, "crashed the master on request");
         Ok(master.pid)
@@ -406,6 +407,7 @@ impl Orchestrator {
         {
             tracing::info!(id = %dead.record.id, pid = dead.record.pid, "worker died");
             metrics::counter!("rideshare_worker_deaths_total").increment(1);
+            self.telemetry.master_lost(&dead.record.id);
             let _ = self.session().delete(&dead.path).await;
             if let Ok(Some(master)) = self.master().await {
                 if master.id == dead.record.id {

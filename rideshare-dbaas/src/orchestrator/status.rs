@@ -101,8 +101,9 @@ pub struct Failover {
     pub epoch: u64,
     /// When the old master was seen gone (milliseconds since the Unix epoch).
     pub at_unix_ms: u64,
-    /// From the old master seen gone to the new one ready to take writes.
-    pub duration_ms: u64,
+    /// From the old master seen gone to the new one ready to take writes; unknown when the
+    /// change happened between two looks at the master node.
+    pub duration_ms: Option<u64>,
 }
 
 /// One end of a scaling window.
@@ -432,6 +433,21 @@ impl Telemetry {
         });
     }
 
+    /// The master `id` is gone (killed on request, or found dead): the failover starts now,
+    /// even if the next look at the master node already finds its successor.
+    pub(crate) fn master_lost(&self, id: &str) {
+        let mut watch = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        if watch
+            .current
+            .as_ref()
+            .is_some_and(|(current, _)| current == id)
+        {
+            if let Some((id, pid)) = watch.current.take() {
+                watch.lost = Some((Instant::now(), SystemTime::now(), id, pid));
+            }
+        }
+    }
+
     /// Looks at the master node: a ready master after a lost one is a failover.
     pub(crate) fn master_seen(&self, master: Option<&MasterRecord>) {
         let mut watch = self.master.lock().unwrap_or_else(|e| e.into_inner());
@@ -440,23 +456,25 @@ impl Telemetry {
                 if watch.current.as_ref().is_some_and(|(id, _)| id == &m.id) {
                     return;
                 }
-                let lost = watch.lost.take().or_else(|| {
-                    // Replaced between two looks: the gap was not seen, count it as none.
-                    watch
+                let lost = match watch.lost.take() {
+                    Some((since, at, id, pid)) => Some((Some(since.elapsed()), at, id, pid)),
+                    // Replaced between two looks: how long it took was not seen.
+                    None => watch
                         .current
                         .take()
-                        .map(|(id, pid)| (Instant::now(), SystemTime::now(), id, pid))
-                });
-                if let Some((since, at, old_id, old_pid)) = lost {
-                    let took = since.elapsed();
+                        .map(|(id, pid)| (None, SystemTime::now(), id, pid)),
+                };
+                if let Some((took, at, old_id, old_pid)) = lost {
                     metrics::counter!("rideshare_elections_total").increment(1);
-                    metrics::histogram!("rideshare_election_duration_seconds")
-                        .record(took.as_secs_f64());
+                    if let Some(took) = took {
+                        metrics::histogram!("rideshare_election_duration_seconds")
+                            .record(took.as_secs_f64());
+                    }
                     tracing::info!(
                         old_pid,
                         new_pid = m.pid,
                         epoch = m.epoch,
-                        ms = ms(took),
+                        ms = took.map(ms),
                         "failover complete"
                     );
                     let mut failovers = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
@@ -470,7 +488,7 @@ impl Telemetry {
                         new_pid: m.pid,
                         epoch: m.epoch,
                         at_unix_ms: unix_ms(at),
-                        duration_ms: ms(took),
+                        duration_ms: took.map(ms),
                     });
                 }
                 watch.current = Some((m.id.clone(), m.pid));
@@ -924,5 +942,19 @@ mod tests {
         let failovers = t.failovers.lock().unwrap();
         assert_eq!(failovers.len(), 1);
         assert_eq!((failovers[0].old_pid, failovers[0].new_pid), (10, 11));
+        assert!(failovers[0].duration_ms.is_some());
+    }
+
+    #[test]
+    fn a_master_crashed_on_request_is_timed_even_if_its_successor_is_seen_first() {
+        let t = Telemetry::default();
+        t.master_seen(Some(&master("a", 10, true)));
+        t.master_lost("a");
+        t.master_seen(Some(&master("b", 11, true)));
+        t.master_seen(Some(&master("c", 12, true)));
+        let failovers = t.failovers.lock().unwrap();
+        assert_eq!(failovers.len(), 2);
+        assert!(failovers[0].duration_ms.is_some(), "timed from the crash");
+        assert_eq!(failovers[1].duration_ms, None, "the gap was not seen");
     }
 }
