@@ -439,38 +439,57 @@ async fn publish_state(
     }
 }
 
-/// How often a replica's progress (applied index, epoch) is written to its member node at
-/// most; only when it moved, so an idle replica writes nothing.
+/// A replica's progress (applied index, epoch) is written to its member node once the log has
+/// been quiet this long, so a pause in writes (a switchover holding them) shows at once...
+const PROGRESS_QUIET: Duration = Duration::from_millis(50);
+/// ...or after this long at the latest while entries keep coming (catch-up, steady load).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// At least this long between two writes to the node: at most a few per second.
+const PROGRESS_GAP: Duration = Duration::from_millis(200);
 
-/// Publishes the replica's applied index and epoch in its member node while they change, from
-/// registration on: operators see catch-up progress and lag without asking the replica. A
-/// failed publication is retried at the next tick; it never ends the worker.
+/// Publishes the replica's applied index and epoch in its member node whenever they moved,
+/// from registration on: operators see catch-up progress and lag without asking the replica,
+/// and a switchover sees its successor caught up. An idle replica writes nothing. A failed
+/// publication is retried; it never ends the worker.
 async fn publish_progress(
     shared: Arc<Shared>,
     session: Arc<dyn Session>,
     member_path: String,
 ) -> Result<()> {
+    let mut applied = shared.applied.subscribe();
     let mut published: Option<Progress> = None;
-    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
         let progress = Progress {
-            applied_index: *shared.applied.borrow(),
+            applied_index: *applied.borrow_and_update(),
             epoch: shared.epoch.load(Ordering::SeqCst),
         };
-        if published == Some(progress) {
-            continue;
+        if published != Some(progress) {
+            match shared
+                .update_member(session.as_ref(), &member_path, |m| {
+                    m.progress = Some(progress)
+                })
+                .await
+            {
+                Ok(()) => published = Some(progress),
+                Err(e) => tracing::debug!(error = %e, "could not publish progress"),
+            }
+            tokio::time::sleep(PROGRESS_GAP).await;
+            if published != Some(progress) {
+                continue;
+            }
         }
-        match shared
-            .update_member(session.as_ref(), &member_path, |m| {
-                m.progress = Some(progress)
-            })
-            .await
-        {
-            Ok(()) => published = Some(progress),
-            Err(e) => tracing::debug!(error = %e, "could not publish progress"),
+        if applied.changed().await.is_err() {
+            return Ok(());
+        }
+        // Let a burst settle: quiet for PROGRESS_QUIET, or PROGRESS_EVERY at the latest.
+        let latest = tokio::time::Instant::now() + PROGRESS_EVERY;
+        loop {
+            let until = (tokio::time::Instant::now() + PROGRESS_QUIET).min(latest);
+            match tokio::time::timeout_at(until, applied.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => break,
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use rideshare_core::api::common::{empty, json_object, not_found, ApiError, Servi
 use rideshare_core::ops::{ReadOp, RequestId, WriteOp, WriteOutcome};
 use serde_json::Value;
 
-use super::{dashboard, status, Orchestrator};
+use super::{dashboard, status, switchover, Orchestrator};
 use crate::error::Error;
 
 pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimits) -> Router {
@@ -35,7 +35,8 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
         )
         .fallback(not_found)
         .with_state(Arc::clone(&orchestrator))
-        .merge(status::routes(orchestrator))
+        .merge(status::routes(Arc::clone(&orchestrator)))
+        .merge(switchover::routes(orchestrator))
         .merge(dashboard::routes());
     limits.apply(router)
 }

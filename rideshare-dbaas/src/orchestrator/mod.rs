@@ -9,6 +9,7 @@
 pub mod dashboard;
 pub mod http;
 pub mod status;
+pub mod switchover;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +125,10 @@ pub struct Orchestrator {
     starting: Mutex<BTreeMap<String, Unregistered>>,
     reconciling: tokio::sync::Mutex<()>,
     telemetry: status::Telemetry,
+    /// Every write holds it shared; a switchover takes it alone to hold new writes.
+    write_gate: tokio::sync::RwLock<()>,
+    /// One switchover at a time.
+    switching: tokio::sync::Mutex<()>,
 }
 
 /// A running orchestrator; dropping it stops its background tasks (as a crash would).
@@ -163,6 +168,8 @@ impl Orchestrator {
             starting: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
             telemetry: status::Telemetry::default(),
+            write_gate: tokio::sync::RwLock::new(()),
+            switching: tokio::sync::Mutex::new(()),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(supervise(Arc::clone(&orchestrator)));
@@ -202,6 +209,7 @@ impl Orchestrator {
 
     /// Sends one write to the master; retries (same request id) through failovers.
     pub async fn write(&self, request_id: RequestId, op: WriteOp) -> Result<WriteAck> {
+        let _held_during_a_switchover = self.write_gate.read().await;
         let body = encode(&WriteRequest {
             v: VERSION,
             request_id,

@@ -52,7 +52,7 @@ pub(crate) struct Telemetry {
     writes_failed: AtomicU64,
     reads_answered: AtomicU64,
     reads_failed: AtomicU64,
-    ready: tokio::sync::Mutex<Option<(Instant, u64, std::result::Result<(), String>)>>,
+    ready: tokio::sync::Mutex<Option<ReadyAnswer>>,
     /// Set when the HTTP server stops: event streams end, so draining connections can finish.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -75,6 +75,9 @@ impl Default for Telemetry {
         }
     }
 }
+
+/// A readiness answer: when, at which master-change count, and what.
+type ReadyAnswer = (Instant, u64, std::result::Result<(), String>);
 
 #[derive(Default)]
 struct MasterWatch {
@@ -343,6 +346,10 @@ pub(crate) fn describe() {
     describe_counter!(
         "rideshare_worker_kills_total",
         "Workers killed by this orchestrator, by reason."
+    );
+    describe_counter!(
+        "rideshare_switchovers_total",
+        "Planned hand-overs of the master role, by result (done, failed)."
     );
     describe_counter!(
         "rideshare_scaling_decisions_total",
