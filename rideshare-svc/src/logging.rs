@@ -5,6 +5,8 @@
 //! the `request{request_id=…}` (or the worker's `db{request_id=…}`) span before the message, the
 //! JSON format lists the spans in `spans` and the innermost one in `span`.
 
+use std::sync::OnceLock;
+
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -50,9 +52,18 @@ where
     }
 }
 
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
 /// Installs the process's subscriber: `format` to stdout, filtered by `RIDESHARE_LOG`; records
 /// of the `log` crate (client libraries) are passed to it too.
 pub fn init(format: LogFormat) {
     use tracing_subscriber::util::SubscriberInitExt;
+    let _ = FORMAT.set(format);
     let _ = subscriber(format, filter_from_env(), std::io::stdout).try_init();
+}
+
+/// The format [`init`] installed (text if none was): workers started by this process log the
+/// same way.
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
 }
