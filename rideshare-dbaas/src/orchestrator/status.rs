@@ -55,6 +55,8 @@ pub(crate) struct Telemetry {
     ready: tokio::sync::Mutex<Option<ReadyAnswer>>,
     /// Set when the HTTP server stops: event streams end, so draining connections can finish.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Masters this orchestrator killed or found dead: a readiness answer from before is stale.
+    losses: AtomicU64,
 }
 
 impl Default for Telemetry {
@@ -72,6 +74,7 @@ impl Default for Telemetry {
             reads_failed: AtomicU64::new(0),
             ready: tokio::sync::Mutex::new(None),
             closing: tokio::sync::watch::channel(false).0,
+            losses: AtomicU64::new(0),
         }
     }
 }
@@ -443,6 +446,7 @@ impl Telemetry {
     /// The master `id` is gone (killed on request, or found dead): the failover starts now,
     /// even if the next look at the master node already finds its successor.
     pub(crate) fn master_lost(&self, id: &str) {
+        self.losses.fetch_add(1, Ordering::SeqCst);
         let mut watch = self.master.lock().unwrap_or_else(|e| e.into_inner());
         if watch
             .current
@@ -576,10 +580,11 @@ impl Orchestrator {
         self.telemetry.closing.send_replace(true);
     }
 
-    /// Whether the cluster can serve, reused for a second unless the master changed meanwhile
-    /// (so a failover shows at once, and a flood of probes costs one look per second).
+    /// Whether the cluster can serve, reused for a second unless the master changed or was
+    /// lost meanwhile (so a failover shows at once, and a flood of probes costs one look per
+    /// second).
     pub async fn ready(&self) -> std::result::Result<(), String> {
-        let version = *self.master_changes.borrow();
+        let version = *self.master_changes.borrow() + self.telemetry.losses.load(Ordering::SeqCst);
         let mut cached = self.telemetry.ready.lock().await;
         if let Some((at, seen, answer)) = cached.as_ref() {
             if *seen == version && at.elapsed() < READY_CACHE {
@@ -950,6 +955,42 @@ mod tests {
         assert_eq!(failovers.len(), 1);
         assert_eq!((failovers[0].old_pid, failovers[0].new_pid), (10, 11));
         assert!(failovers[0].duration_ms.is_some());
+    }
+
+    /// Paused time, and log appends that take (virtual) time: nothing of the election can
+    /// happen between the crash and the next look.
+    #[tokio::test(start_paused = true)]
+    async fn ready_is_refused_from_a_master_crash_until_a_new_master_and_a_slave_serve() {
+        use crate::cluster::{EmbeddedCluster, EmbeddedConfig};
+        use crate::log::mem::MemLog;
+        let log = MemLog::new();
+        log.set_append_delay(Duration::from_millis(5));
+        let cluster = EmbeddedCluster::start(Arc::new(log), EmbeddedConfig::default())
+            .await
+            .unwrap();
+        let o = cluster.orchestrator();
+        let until_ready = |what: &'static str| async move {
+            for _ in 0..200 {
+                if o.ready().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("not ready within 10 s {what}: {:?}", o.ready().await);
+        };
+        until_ready("at start").await;
+        let crashed = o.crash_master().await.unwrap();
+        let refused = o
+            .ready()
+            .await
+            .expect_err("ready right after the master's crash");
+        assert!(refused.contains("no master"), "{refused}");
+        until_ready("after the failover").await;
+        let status = o.status().await.unwrap();
+        let master = status.master.unwrap();
+        assert_ne!(master.pid, crashed);
+        assert_eq!(status.failovers.len(), 1);
+        cluster.shutdown();
     }
 
     #[test]
