@@ -76,6 +76,10 @@ fn describe_http_metrics() {
         "rideshare_http_requests_in_flight",
         "HTTP requests being served now, by service."
     );
+    describe_gauge!(
+        "rideshare_password_hashes_in_flight",
+        "Password digests being hashed (argon2id) or waiting for a blocking thread to do it."
+    );
     describe_counter!(
         "rideshare_http_rejected_total",
         "HTTP requests answered 503 (the database or an upstream unavailable), by service and route."
@@ -227,8 +231,16 @@ async fn ready(State(probe): State<Arc<dyn Probe>>) -> Response {
     }
 }
 
-/// Keeps the in-flight gauge right even when a request is dropped half way (client gone).
-struct InFlight(metrics::Gauge);
+/// Counts one piece of work in a gauge while it lasts: raised now, lowered when dropped, so the
+/// gauge stays right even when the work is abandoned half way (the client went away).
+pub struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -250,9 +262,10 @@ async fn track(State(observed): State<Observed>, request: Request, next: Next) -
         .unwrap_or_default()
         .to_owned();
     let span = tracing::info_span!("request", request_id = %id, service, %method, %route);
-    let gauge = metrics::gauge!("rideshare_http_requests_in_flight", "service" => service);
-    gauge.increment(1.0);
-    let _in_flight = InFlight(gauge);
+    let _in_flight = InFlight::new(metrics::gauge!(
+        "rideshare_http_requests_in_flight",
+        "service" => service
+    ));
     let started = Instant::now();
     let response = with_request_id(id, next.run(request))
         .instrument(span.clone())

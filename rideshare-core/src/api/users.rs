@@ -88,6 +88,8 @@ async fn add_user<D: Db>(
     let username = Username::parse(string_field(&body, "username")?)?;
     let digest = PasswordDigest::parse(string_field(&body, "password")?)?;
     let hashing = state.hashing;
+    let _queued =
+        super::observe::InFlight::new(metrics::gauge!("rideshare_password_hashes_in_flight"));
     let password_hash = tokio::task::spawn_blocking(move || hashing.hash(&digest))
         .await
         .map_err(|e| ApiError::unavailable(format!("password hashing task failed: {e}")))??;
