@@ -31,6 +31,9 @@ step "Docker: the worker image"
 docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker tests need it" >&2; exit 1; }
 ./scripts/build-worker-image.sh
 
+step "headless Chromium for the dashboard test (Debian's chromium, installed when missing)"
+command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 step "cargo test (workspace, including the real-engine tests)"
 cargo test --workspace -- --include-ignored
 

@@ -58,7 +58,8 @@ impl OrchestratorDb {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_pause).await;
             }
-            let mut request = self.http.post(&url).json(&body);
+            let mut request =
+                rideshare_core::api::observe::propagate(self.http.post(&url)).json(&body);
             if let Some(authorization) = self.admin.authorization() {
                 request = request.header(reqwest::header::AUTHORIZATION, authorization);
             }

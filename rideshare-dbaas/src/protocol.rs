@@ -33,6 +33,10 @@ pub struct WriteRequest {
     /// Chosen by the client; a retry reuses it, so the write is applied once.
     pub request_id: RequestId,
     pub op: WriteOp,
+    /// The HTTP request id (`x-request-id`) this write serves, for the worker's log lines.
+    /// Absent in older messages, which still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// One read, sent by the orchestrator to any slave.
@@ -42,6 +46,10 @@ pub struct ReadRequest {
     pub op: ReadOp,
     /// The slave answers only once it has applied this log index (0: any state will do).
     pub min_index: u64,
+    /// The HTTP request id (`x-request-id`) this read serves, for the worker's log lines.
+    /// Absent in older messages, which still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Why a worker did not do what was asked.
@@ -130,6 +138,17 @@ pub struct MemberRecord {
     /// anyone compare every replica, the master included, without asking the replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateDigest>,
+    /// How far the replica has applied the log, refreshed about every second while it moves
+    /// (catch-up included): what the orchestrator shows as its applied index and lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// A replica's applied index and the newest epoch marker it has applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub applied_index: u64,
+    pub epoch: u64,
 }
 
 /// A worker's catch-up at start: log entries applied before it served, and how long it took.
@@ -246,6 +265,21 @@ mod tests {
         assert_eq!(
             decode_versioned::<LogEntry>(text.as_bytes()).unwrap(),
             entry
+        );
+    }
+
+    #[test]
+    fn requests_without_a_trace_still_parse() {
+        let write = r#"{"v":1,"request_id":"r1","op":{"op":"delete_user","username":"a"}}"#;
+        let write = decode_versioned::<WriteRequest>(write.as_bytes()).unwrap();
+        assert_eq!(write.trace, None);
+        let read = r#"{"v":1,"op":{"op":"list_users"},"min_index":3}"#;
+        let read = decode_versioned::<ReadRequest>(read.as_bytes()).unwrap();
+        assert_eq!((read.trace, read.min_index), (None, 3));
+        let member = r#"{"id":"w","pid":7,"role":"slave"}"#;
+        assert_eq!(
+            decode::<MemberRecord>(member.as_bytes()).unwrap().progress,
+            None
         );
     }
 

@@ -22,6 +22,7 @@ use rideshare_core::machine::{Applied, StateMachine, Store};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOutcome};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::broker::{Broker, Delivery, Message};
 use crate::coord::{Coordinator, CreateMode, Session};
@@ -30,8 +31,8 @@ use crate::log::{Log, Record};
 use crate::policy::{elect, Member};
 use crate::protocol::{
     decode, decode_versioned, encode, CatchUp, EntryBody, LogEntry, MasterRecord, MemberRecord,
-    ReadRequest, Refusal, Reply, Role, StateDigest, WriteRequest, EPOCHS, MASTER, READ_QUEUE,
-    VERSION, WORKERS, WRITE_QUEUE,
+    Progress, ReadRequest, Refusal, Reply, Role, StateDigest, WriteRequest, EPOCHS, MASTER,
+    READ_QUEUE, VERSION, WORKERS, WRITE_QUEUE,
 };
 
 /// A worker's settings. Every wait has a bound.
@@ -289,6 +290,7 @@ pub async fn run_worker(
             role: Role::Slave,
             catch_up: None,
             state: None,
+            progress: None,
         }),
     });
     let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
@@ -311,6 +313,11 @@ pub async fn run_worker(
         )
         .await?;
     tracing::info!(id = %config.id, pid = config.pid, path = %member_path, "worker registered");
+    tasks.spawn(publish_progress(
+        Arc::clone(&shared),
+        Arc::clone(&session),
+        member_path.clone(),
+    ));
 
     let catch_up_started = std::time::Instant::now();
     let end = deps.log.end().await?;
@@ -430,6 +437,71 @@ async fn publish_state(
             }
         }
     }
+}
+
+/// A replica's progress (applied index, epoch) is written to its member node once the log has
+/// been quiet this long, so a pause in writes (a switchover holding them) shows at once...
+const PROGRESS_QUIET: Duration = Duration::from_millis(50);
+/// ...or after this long at the latest while entries keep coming (catch-up, steady load).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// At least this long between two writes to the node: at most a few per second.
+const PROGRESS_GAP: Duration = Duration::from_millis(200);
+
+/// Publishes the replica's applied index and epoch in its member node whenever they moved,
+/// from registration on: operators see catch-up progress and lag without asking the replica,
+/// and a switchover sees its successor caught up. An idle replica writes nothing. A failed
+/// publication is retried; it never ends the worker.
+async fn publish_progress(
+    shared: Arc<Shared>,
+    session: Arc<dyn Session>,
+    member_path: String,
+) -> Result<()> {
+    let mut applied = shared.applied.subscribe();
+    let mut published: Option<Progress> = None;
+    loop {
+        let progress = Progress {
+            applied_index: *applied.borrow_and_update(),
+            epoch: shared.epoch.load(Ordering::SeqCst),
+        };
+        if published != Some(progress) {
+            match shared
+                .update_member(session.as_ref(), &member_path, |m| {
+                    m.progress = Some(progress)
+                })
+                .await
+            {
+                Ok(()) => published = Some(progress),
+                Err(e) => tracing::debug!(error = %e, "could not publish progress"),
+            }
+            tokio::time::sleep(PROGRESS_GAP).await;
+            if published != Some(progress) {
+                continue;
+            }
+        }
+        if applied.changed().await.is_err() {
+            return Ok(());
+        }
+        // Let a burst settle: quiet for PROGRESS_QUIET, or PROGRESS_EVERY at the latest.
+        let latest = tokio::time::Instant::now() + PROGRESS_EVERY;
+        loop {
+            let until = (tokio::time::Instant::now() + PROGRESS_QUIET).min(latest);
+            match tokio::time::timeout_at(until, applied.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The span a worker serves one request in: carries the HTTP request id, so the worker's lines
+/// can be found with the gateway's, the service's and the orchestrator's.
+fn request_span(config: &WorkerConfig, trace: Option<&str>) -> tracing::Span {
+    tracing::info_span!(
+        "db",
+        request_id = trace.unwrap_or_default(),
+        worker = %config.id,
+    )
 }
 
 /// Serves as a slave until elected, then as master until something ends it.
@@ -614,27 +686,10 @@ async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()>
             let answer = match decode_versioned::<ReadRequest>(&delivery.message.body) {
                 Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
                 Ok(request) => {
-                    if !shared
-                        .wait_applied(request.min_index, shared.config.read_wait)
-                        .await
-                    {
-                        Reply::refused(
-                            Refusal::Behind,
-                            format!("index {} not applied in time", request.min_index),
-                        )
-                    } else {
-                        let mut machine = shared.machine.lock().unwrap_or_else(|e| e.into_inner());
-                        let applied_index = machine.applied_index().unwrap_or_default();
-                        match machine.read(&request.op) {
-                            Ok(outcome) => Reply::Read {
-                                v: VERSION,
-                                applied_index,
-                                worker: shared.config.id.clone(),
-                                outcome,
-                            },
-                            Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
-                        }
-                    }
+                    let span = request_span(&shared.config, request.trace.as_deref());
+                    let answer = answer_read(&shared, request).instrument(span.clone()).await;
+                    span.in_scope(|| tracing::debug!(reply = reply_kind(&answer), "read answered"));
+                    answer
                 }
             };
             reply(broker.as_ref(), &delivery, &answer).await;
@@ -642,6 +697,45 @@ async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()>
         });
     }
     Err(Error::QueueClosed(READ_QUEUE.into()))
+}
+
+/// What a reply was, for log lines.
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Written { .. } => "written",
+        Reply::Read { .. } => "read",
+        Reply::Refused { refusal, .. } => match refusal {
+            Refusal::NotMaster => "not_master",
+            Refusal::Behind => "behind",
+            Refusal::Unavailable => "unavailable",
+            Refusal::BadRequest => "bad_request",
+        },
+    }
+}
+
+/// Answers one read once the replica has applied its `min_index` (bounded).
+async fn answer_read(shared: &Shared, request: ReadRequest) -> Reply {
+    if !shared
+        .wait_applied(request.min_index, shared.config.read_wait)
+        .await
+    {
+        Reply::refused(
+            Refusal::Behind,
+            format!("index {} not applied in time", request.min_index),
+        )
+    } else {
+        let mut machine = shared.machine.lock().unwrap_or_else(|e| e.into_inner());
+        let applied_index = machine.applied_index().unwrap_or_default();
+        match machine.read(&request.op) {
+            Ok(outcome) => Reply::Read {
+                v: VERSION,
+                applied_index,
+                worker: shared.config.id.clone(),
+                outcome,
+            },
+            Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
+        }
+    }
 }
 
 /// The master's write server: append, wait until applied, answer, ack.
@@ -686,6 +780,16 @@ async fn handle_write(shared: &Shared, log: &dyn Log, body: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return Reply::refused(Refusal::BadRequest, e.to_string()),
     };
+    let span = request_span(&shared.config, request.trace.as_deref());
+    let answer = append_and_wait(shared, log, request)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| tracing::debug!(reply = reply_kind(&answer), "write answered"));
+    answer
+}
+
+/// Appends one write stamped with this master's epoch and waits (bounded) until it is applied.
+async fn append_and_wait(shared: &Shared, log: &dyn Log, request: WriteRequest) -> Reply {
     let epoch = shared.my_epoch.load(Ordering::SeqCst);
     if epoch == 0 || *shared.deposed.borrow() {
         return Reply::refused(Refusal::NotMaster, "not master");

@@ -14,6 +14,15 @@ use rideshare_core::clock::Zone;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written: `text` or `json` (one object per line, with the request id).
+    #[arg(
+        long,
+        global = true,
+        env = "RIDESHARE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +46,12 @@ pub enum Command {
     /// Load a running gateway through the public API and report req/s and latency per
     /// concurrency level and operation.
     Bench(crate::bench::BenchArgs),
+    /// The cluster in the terminal: workers, scaling window, last failovers (`--watch`).
+    Status(crate::status::StatusArgs),
+    /// Kill the master's or a slave's worker through the orchestrator.
+    Crash(crate::status::CrashArgs),
+    /// Hand the master role to a caught-up slave without failing a write.
+    Switchover(crate::status::SwitchoverArgs),
 }
 
 /// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.

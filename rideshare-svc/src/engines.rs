@@ -86,7 +86,11 @@ impl EngineArgs {
     /// line would show to every user of the host through `ps`.
     fn worker_env(&self) -> anyhow::Result<Vec<(String, String)>> {
         let (amqp, _) = self.urls()?;
-        Ok(vec![("RIDESHARE_AMQP_URL".to_owned(), amqp.to_owned())])
+        let mut env = vec![("RIDESHARE_AMQP_URL".to_owned(), amqp.to_owned())];
+        if crate::logging::format() == crate::logging::LogFormat::Json {
+            env.push(("RIDESHARE_LOG_FORMAT".to_owned(), "json".to_owned()));
+        }
+        Ok(env)
     }
 }
 

@@ -8,14 +8,7 @@ use rideshare_svc::{roles, up};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RIDESHARE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn")
-            }),
-        )
-        .with_target(false)
-        .init();
+    rideshare_svc::logging::init(cli.log_format);
     let shutdown = shutdown_signal();
     match cli.command {
         Command::Up(args) => up::run(args, shutdown).await,
@@ -26,5 +19,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => roles::worker(args).await,
         Command::Chaos(args) => rideshare_svc::chaos::run(args).await,
         Command::Bench(args) => rideshare_svc::bench::run(args).await,
+        Command::Status(args) => rideshare_svc::status::status(args).await,
+        Command::Crash(args) => rideshare_svc::status::crash(args).await,
+        Command::Switchover(args) => rideshare_svc::status::switchover(args).await,
     }
 }

@@ -23,6 +23,7 @@ use crate::cli::{
     WorkerArgs,
 };
 use crate::engines::runtime;
+use crate::observe;
 use crate::serve::{bind, check_exposure, run_until, spawn_server, ConnLimits};
 
 /// Bound on one internal HTTP hop.
@@ -94,6 +95,7 @@ async fn serve_one(
 
 pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     args.http.check_exposure(&[args.listen])?;
+    let (users_url, rides_url) = (args.users_url.clone(), args.rides_url.clone());
     let router = gateway_router(
         GatewayConfig {
             users_url: args.users_url,
@@ -102,19 +104,30 @@ pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> a
         },
         args.http.limits(),
     );
+    let router = observe::gateway(router, &users_url, &rides_url);
     serve_one("gateway", args.listen, router, &args.http, shutdown).await
 }
 
 pub async fn users(args: UsersArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     args.http.check_exposure(&[args.listen])?;
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT, args.http.admin());
+    let db = OrchestratorDb::new(
+        args.orchestrator_url.clone(),
+        HOP_TIMEOUT,
+        args.http.admin(),
+    );
     let router = users_router(db, args.hashing.config(), args.http.limits());
+    let router = observe::service("users", router, &args.orchestrator_url);
     serve_one("users", args.listen, router, &args.http, shutdown).await
 }
 
 pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     args.http.check_exposure(&[args.listen])?;
-    let db = OrchestratorDb::new(args.orchestrator_url, HOP_TIMEOUT, args.http.admin());
+    let db = OrchestratorDb::new(
+        args.orchestrator_url.clone(),
+        HOP_TIMEOUT,
+        args.http.admin(),
+    );
+    let orchestrator_url = args.orchestrator_url;
     let router = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -125,6 +138,7 @@ pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyho
         },
         args.http.limits(),
     );
+    let router = observe::service("rides", router, &orchestrator_url);
     serve_one("rides", args.listen, router, &args.http, shutdown).await
 }
 
@@ -144,6 +158,12 @@ pub async fn orchestrator(
     .await
     .context("cannot start the orchestrator")?;
     let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
+    let router = observe::orchestrator(router, Arc::clone(&running.orchestrator));
+    let orchestrator = Arc::clone(&running.orchestrator);
+    let shutdown = async move {
+        shutdown.await;
+        orchestrator.close_event_streams();
+    };
     serve_one("orchestrator", args.listen, router, &args.http, shutdown).await
 }
 

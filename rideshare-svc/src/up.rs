@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::engines;
+use crate::observe;
 use crate::roles::HOP_TIMEOUT;
 use crate::serve::{bind, run_until, spawn_server};
 
@@ -42,6 +43,11 @@ pub struct Up {
 impl Up {
     /// Serves until `shutdown` resolves (or a server fails), then stops everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let orchestrator = Arc::clone(self.dbaas.orchestrator());
+        let shutdown = async move {
+            shutdown.await;
+            orchestrator.close_event_streams();
+        };
         let result = run_until(shutdown, self.stop, self.servers).await;
         self.dbaas.shutdown().await;
         result
@@ -143,8 +149,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
 
     let dbaas = Dbaas::start(&args).await?;
 
-    let db = OrchestratorDb::new(orchestrator_url, HOP_TIMEOUT, args.http.admin());
+    let db = OrchestratorDb::new(orchestrator_url.clone(), HOP_TIMEOUT, args.http.admin());
     let users = users_router(db.clone(), args.hashing.config(), limits.clone());
+    let users = observe::service("users", users, &orchestrator_url);
     let rides = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
@@ -155,6 +162,8 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         },
         limits.clone(),
     );
+    let rides = observe::service("rides", rides, &orchestrator_url);
+    let gateway_upstreams = (users_url.clone(), rides_url.clone());
     let gateway = gateway_router(
         GatewayConfig {
             users_url,
@@ -163,7 +172,9 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
         },
         limits.clone(),
     );
+    let gateway = observe::gateway(gateway, &gateway_upstreams.0, &gateway_upstreams.1);
     let orchestrator = orchestrator_router(Arc::clone(dbaas.orchestrator()), limits);
+    let orchestrator = observe::orchestrator(orchestrator, Arc::clone(dbaas.orchestrator()));
 
     let addrs = (
         gateway_listener.local_addr()?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -59,6 +59,7 @@ impl ServiceLimits {
                 self.request_timeout,
             ))
             .layer(axum::middleware::map_response(json_error_body))
+            .layer(axum::middleware::from_fn(expose_matched_path))
     }
 
     /// Makes `route` an admin route: 401 without the admin token, when one is set.
@@ -67,6 +68,14 @@ impl ServiceLimits {
         route: MethodRouter<S>,
     ) -> MethodRouter<S> {
         route.route_layer(axum::middleware::from_fn_with_state(
+            self.admin.clone(),
+            require_admin,
+        ))
+    }
+
+    /// Makes every route of `router` an admin route.
+    pub fn admin_routes<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.route_layer(axum::middleware::from_fn_with_state(
             self.admin.clone(),
             require_admin,
         ))
@@ -88,6 +97,17 @@ impl ServiceLimits {
             .service(Router::new().fallback_service(guarded));
         Router::new().fallback_service(shed)
     }
+}
+
+/// Copies the route template a request matched into its response, so layers outside the edge
+/// (which routes on the canonical path, after them) can label the request by its route.
+async fn expose_matched_path(request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
+    response
 }
 
 /// 503 with `Retry-After`: the service is at its bound of requests in flight.

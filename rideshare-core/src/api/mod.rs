@@ -7,6 +7,7 @@ pub mod admin;
 pub mod common;
 pub mod gateway;
 pub mod hashing;
+pub mod observe;
 pub mod openapi;
 pub mod path;
 pub mod rides;

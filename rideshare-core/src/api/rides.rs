@@ -98,9 +98,7 @@ impl<D: Db> RidesState<D> {
             "{}/api/v1/users",
             self.config.gateway_url.trim_end_matches('/')
         );
-        let response = self
-            .http
-            .get(&url)
+        let response = super::observe::propagate(self.http.get(&url))
             .header("Origin", &self.config.origin)
             .send()
             .await

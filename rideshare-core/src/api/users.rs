@@ -78,6 +78,8 @@ async fn add_user<D: Db>(
         .hasher
         .as_ref()
         .map_err(|e| ApiError::unavailable(e.clone()))?;
+    let _hashing =
+        super::observe::InFlight::new(metrics::gauge!("rideshare_password_hashes_in_flight"));
     let password_hash = match hasher.hash(digest).await {
         Ok(hash) => hash,
         Err(HashError::Busy) => return Ok(busy()),

@@ -21,7 +21,7 @@ use serde_json::Value;
 use rideshare_core::api::common::health_route;
 use rideshare_core::api::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody};
 
-use super::{Orchestrator, ReadAnswer, WriteAck};
+use super::{dashboard, status, switchover, Orchestrator, ReadAnswer, WriteAck};
 use crate::error::Error;
 
 /// `POST /api/v1/db/write`.
@@ -60,8 +60,9 @@ pub struct ReadRequest {
 )]
 pub struct OrchestratorApi;
 
-/// The orchestrator's API. Every route but `/health` is an admin call (401 without the admin
-/// token, when one is set).
+/// The orchestrator's API. Every route but `/health`, the OpenAPI document and the dashboard page
+/// (which holds no data: it asks the admin routes with the token typed into it) is an admin call
+/// (401 without the admin token, when one is set).
 pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimits) -> Router {
     let admin = |route| limits.admin_only(route);
     let router = Router::new()
@@ -76,7 +77,10 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
             &<OrchestratorApi as utoipa::OpenApi>::openapi(),
         ))
         .fallback(not_found)
-        .with_state(orchestrator);
+        .with_state(Arc::clone(&orchestrator))
+        .merge(limits.admin_routes(status::routes(Arc::clone(&orchestrator))))
+        .merge(limits.admin_routes(switchover::routes(orchestrator)))
+        .merge(dashboard::routes());
     limits.edge(limits.apply(router))
 }
 
@@ -111,7 +115,9 @@ async fn write(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respon
             ))
         }
     };
-    let ack = o.write(request_id, op).await.map_err(unavailable)?;
+    let ack = o.write(request_id, op).await;
+    o.telemetry.written(&ack);
+    let ack = ack.map_err(unavailable)?;
     Ok(Json(ack).into_response())
 }
 
@@ -135,7 +141,9 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
         }
     };
     o.count_read();
-    let answer = o.read(op, stale).await.map_err(unavailable)?;
+    let answer = o.read(op, stale).await;
+    o.telemetry.read(&answer, stale);
+    let answer = answer.map_err(unavailable)?;
     Ok(Json(answer).into_response())
 }
 
@@ -145,7 +153,9 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
         (status = 400, description = "The database could not be cleared", body = ErrorBody),
     ))]
 async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
-    match o.write(RequestId::random(), WriteOp::ClearAll).await {
+    let ack = o.write(RequestId::random(), WriteOp::ClearAll).await;
+    o.telemetry.written(&ack);
+    match ack {
         Ok(ack) if ack.outcome == WriteOutcome::Done => Ok(empty(StatusCode::OK)),
         Ok(ack) => Err(ApiError::bad_request(format!(
             "could not clear: {:?}",

@@ -6,7 +6,10 @@
 //! kept in the coordinator, and workers are found in the coordinator and the runtime, so a
 //! restarted orchestrator carries on where the last one stopped.
 
+pub mod dashboard;
 pub mod http;
+pub mod status;
+pub mod switchover;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +124,11 @@ pub struct Orchestrator {
     /// Running workers without a membership node (starting, or lost their session).
     starting: Mutex<BTreeMap<String, Unregistered>>,
     reconciling: tokio::sync::Mutex<()>,
+    telemetry: status::Telemetry,
+    /// Every write holds it shared; a switchover takes it alone to hold new writes.
+    write_gate: tokio::sync::RwLock<()>,
+    /// One switchover at a time.
+    switching: tokio::sync::Mutex<()>,
 }
 
 /// A running orchestrator; dropping it stops its background tasks (as a crash would).
@@ -136,6 +144,7 @@ impl Orchestrator {
         deps: OrchestratorDeps,
     ) -> Result<RunningOrchestrator> {
         let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
+        status::describe();
         deps.broker.declare(WRITE_QUEUE).await?;
         deps.broker.declare(READ_QUEUE).await?;
         let rpc =
@@ -158,11 +167,15 @@ impl Orchestrator {
             target: AtomicU64::new(target.max(1)),
             starting: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
+            telemetry: status::Telemetry::default(),
+            write_gate: tokio::sync::RwLock::new(()),
+            switching: tokio::sync::Mutex::new(()),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(supervise(Arc::clone(&orchestrator)));
         tasks.spawn(scale(Arc::clone(&orchestrator)));
         tasks.spawn(follow_master(Arc::clone(&orchestrator)));
+        tasks.spawn(status::follow_master(Arc::clone(&orchestrator)));
         tracing::info!(acked, target, "orchestrator started");
         Ok(RunningOrchestrator {
             orchestrator,
@@ -196,10 +209,12 @@ impl Orchestrator {
 
     /// Sends one write to the master; retries (same request id) through failovers.
     pub async fn write(&self, request_id: RequestId, op: WriteOp) -> Result<WriteAck> {
+        let _held_during_a_switchover = self.write_gate.read().await;
         let body = encode(&WriteRequest {
             v: VERSION,
             request_id,
             op,
+            trace: rideshare_core::api::observe::current_request_id(),
         });
         let mut last = Error::NotMaster;
         let mut master_changes = self.master_changes.subscribe();
@@ -256,6 +271,7 @@ impl Orchestrator {
             v: VERSION,
             op,
             min_index,
+            trace: rideshare_core::api::observe::current_request_id(),
         });
         let mut last = Error::NotMaster;
         for attempt in 0..self.config.attempts {
@@ -362,6 +378,8 @@ impl Orchestrator {
     pub async fn crash_master(&self) -> Result<u32> {
         let master = self.master().await?.ok_or(Error::NotMaster)?;
         self.kill_worker(&master.id).await?;
+        self.telemetry.master_lost(&master.id);
+        metrics::counter!("rideshare_worker_kills_total", "reason" => "crash_master").increment(1);
         tracing::info!(id = %master.id, pid = master.pid, "crashed the master on request");
         Ok(master.pid)
     }
@@ -379,6 +397,7 @@ impl Orchestrator {
             .max_by_key(|w| w.pid)
             .ok_or_else(|| Error::NoWorker("slave".into()))?;
         self.kill_worker(&slave.id).await?;
+        metrics::counter!("rideshare_worker_kills_total", "reason" => "crash_slave").increment(1);
         tracing::info!(id = %slave.id, pid = slave.pid, "crashed a slave on request");
         Ok(slave.pid)
     }
@@ -387,6 +406,7 @@ impl Orchestrator {
     pub async fn reconcile_once(&self) -> Result<()> {
         let _one_at_a_time = self.reconciling.lock().await;
         let running = self.deps.runtime.list().await?;
+        self.telemetry.seen(&running);
         let mut members = self.members().await?;
         // Registered but not running: dead. Drop their nodes now instead of after the timeout.
         for dead in members
@@ -394,6 +414,8 @@ impl Orchestrator {
             .filter(|m| !running.iter().any(|w| w.id == m.record.id))
         {
             tracing::info!(id = %dead.record.id, pid = dead.record.pid, "worker died");
+            metrics::counter!("rideshare_worker_deaths_total").increment(1);
+            self.telemetry.master_lost(&dead.record.id);
             let _ = self.session().delete(&dead.path).await;
             if let Ok(Some(master)) = self.master().await {
                 if master.id == dead.record.id {
@@ -434,6 +456,8 @@ impl Orchestrator {
         };
         for id in stuck {
             tracing::warn!(%id, "worker never registered; killing it");
+            metrics::counter!("rideshare_worker_kills_total", "reason" => "never_registered")
+                .increment(1);
             let _ = self.deps.runtime.kill(&id).await;
         }
         let master = self.master().await?.map(|m| m.id);
@@ -453,11 +477,13 @@ impl Orchestrator {
         );
         for id in &plan.stop {
             tracing::info!(%id, "scaling in: stopping a slave");
+            metrics::counter!("rideshare_worker_kills_total", "reason" => "scale_in").increment(1);
             self.kill_worker(id).await?;
         }
         for _ in 0..plan.start {
             let handle = self.deps.runtime.start().await?;
             tracing::info!(id = %handle.id, pid = handle.pid, "started a worker");
+            metrics::counter!("rideshare_worker_starts_total").increment(1);
             self.starting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -558,6 +584,7 @@ async fn scale(orchestrator: Arc<Orchestrator>) {
     if orchestrator.reads.load(Ordering::SeqCst) == 0 {
         orchestrator.first_read.notified().await;
     }
+    orchestrator.telemetry.window_started();
     let mut windows = tokio::time::interval_at(
         Instant::now() + orchestrator.config.scale_window,
         orchestrator.config.scale_window,
@@ -565,8 +592,12 @@ async fn scale(orchestrator: Arc<Orchestrator>) {
     loop {
         windows.tick().await;
         let reads = orchestrator.reads.swap(0, Ordering::SeqCst);
+        orchestrator.telemetry.window_started();
         let target = target_slaves(orchestrator.config.policy, reads);
         tracing::info!(reads, target, "scaling window closed");
+        orchestrator
+            .telemetry
+            .decided(reads, orchestrator.target_slaves(), target);
         if let Err(e) = orchestrator.set_target(target).await {
             tracing::warn!(error = %e, "could not record the scaling target");
         }
