@@ -142,6 +142,9 @@ pub struct MemberRecord {
     /// (catch-up included): what the orchestrator shows as its applied index and lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Where the worker serves `/health`, `/ready` and `/metrics` (`host:port`), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// A replica's applied index and the newest epoch marker it has applied.

@@ -12,7 +12,7 @@
 //! A worker must not serve reads before it has caught up with the log as it was at its start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,11 @@ pub struct WorkerConfig {
     /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
     /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
     pub apply_group: usize,
+    /// Turned on once the worker has caught up with the log and serves (its `/ready`).
+    pub ready: Arc<AtomicBool>,
+    /// Where this worker serves `/health`, `/ready` and `/metrics`, published in its member
+    /// record; `None` when it serves none.
+    pub http: Option<String>,
 }
 
 impl WorkerConfig {
@@ -67,6 +72,8 @@ impl WorkerConfig {
             write_wait: Duration::from_secs(5),
             catch_up_wait: Duration::from_secs(300),
             apply_group: 256,
+            ready: Arc::default(),
+            http: None,
         }
     }
 }
@@ -160,6 +167,12 @@ impl Shared {
             }
         }
         self.applied.send_replace(last);
+        // Labelled by worker: in `rideshare up` every worker shares the process's registry.
+        let worker = self.config.id.clone();
+        metrics::gauge!("rideshare_worker_applied_index", "worker" => worker.clone())
+            .set(last as f64);
+        metrics::gauge!("rideshare_worker_log_epoch", "worker" => worker)
+            .set(self.epoch.load(Ordering::SeqCst) as f64);
         Ok(())
     }
 
@@ -291,6 +304,7 @@ pub async fn run_worker(
             catch_up: None,
             state: None,
             progress: None,
+            http: config.http.clone(),
         }),
     });
     let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
@@ -346,6 +360,8 @@ pub async fn run_worker(
             m.catch_up = Some(catch_up);
         })
         .await?;
+    config.ready.store(true, Ordering::SeqCst);
+    metrics::gauge!("rideshare_worker_caught_up", "worker" => config.id.clone()).set(1.0);
     tasks.spawn(publish_state(
         Arc::clone(&shared),
         Arc::clone(&session),
@@ -549,6 +565,7 @@ async fn serve_roles(
     shared
         .update_member(session.as_ref(), &member_path, |m| m.role = Role::Master)
         .await?;
+    metrics::gauge!("rideshare_worker_is_master", "worker" => shared.config.id.clone()).set(1.0);
     serve_writes(shared, deps, session).await
 }
 

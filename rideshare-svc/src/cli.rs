@@ -209,6 +209,18 @@ pub struct WorkerArgs {
     /// Stop when the parent process (the orchestrator that started this worker) is gone.
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Serve `/health`, `/ready` (caught up) and `/metrics` here (port 0: any free port); the
+    /// address is published in the worker's member record. Runtimes start workers with
+    /// `127.0.0.1:0`.
+    #[arg(long, env = "RIDESHARE_WORKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The cluster's admin token: only decides whether `--listen` may be a non-loopback address
+    /// (the worker's routes are all read-only).
+    #[arg(long, env = "RIDESHARE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    pub admin_token: Option<AdminToken>,
+    /// Allow a non-loopback `--listen` without an admin token.
+    #[arg(long, env = "RIDESHARE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// Bounds, access and zone every HTTP service takes.

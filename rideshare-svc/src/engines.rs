@@ -77,6 +77,10 @@ impl EngineArgs {
             self.log_stream.clone(),
             "--data-dir".into(),
             runtime.worker_data_dir.display().to_string(),
+            // Health, readiness and metrics on a free loopback port, published in the
+            // worker's member record.
+            "--listen".into(),
+            "127.0.0.1:0".into(),
         ])
     }
 }

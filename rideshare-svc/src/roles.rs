@@ -170,6 +170,34 @@ pub async fn orchestrator(
 /// One worker until it must stop (session lost, deposed, engine failure): then the process
 /// exits non-zero and the orchestrator replaces it.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut config = WorkerConfig::new(args.id.clone(), std::process::id());
+    // Health, readiness and metrics, when asked for: bound before anything else, so the
+    // address can go into the member record.
+    let (stop, stopped) = watch::channel(false);
+    let mut server = None;
+    if let Some(listen) = args.listen {
+        let admin = args.admin_token.clone().unwrap_or_default();
+        check_exposure(&[listen], &admin, args.insecure_no_auth)?;
+        let listener = bind("worker", listen).await?;
+        config.http = Some(listener.local_addr()?.to_string());
+        let router = observe::worker(Arc::clone(&config.ready));
+        server = Some(spawn_server(
+            "worker",
+            listener,
+            router,
+            stopped,
+            ConnLimits::default(),
+        ));
+    }
+    let result = run_worker_process(args, config).await;
+    let _ = stop.send(true);
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+}
+
+async fn run_worker_process(args: WorkerArgs, config: WorkerConfig) -> anyhow::Result<()> {
     let engines = args.engines.connect().await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -180,10 +208,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let store = SqliteStore::open(&path)
         .with_context(|| format!("cannot open the worker database {}", path.display()))?;
-    let pid = std::process::id();
-    tracing::info!(id = %args.id, pid, "worker starting");
+    tracing::info!(id = %args.id, pid = config.pid, http = ?config.http, "worker starting");
     let work = run_worker(
-        WorkerConfig::new(args.id, pid),
+        config,
         WorkerDeps {
             broker: engines.broker,
             log: engines.log,

@@ -209,6 +209,40 @@ async fn end_to_end(kind: RuntimeKind, what: &str) {
         }
     }
 
+    // Every worker serves its own health, readiness and metrics, at the address it published.
+    let (status, body) = c.orch(Method::GET, "/api/v1/status").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let http = reqwest::Client::new();
+    for worker in body["workers"].as_array().unwrap() {
+        let addr = worker["http"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a worker without its address: {worker}"));
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("http://{addr}/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{addr} never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let metrics = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("rideshare_worker_caught_up"),
+            "{addr}: {metrics}"
+        );
+    }
+
     // The contract through the gateway, on the real engines.
     let mut acked = vec![];
     for name in ["asha", "ravi"] {

@@ -160,6 +160,9 @@ pub struct WorkerStatus {
     /// Entries replayed at start and how long it took, once caught up.
     pub catch_up_entries: Option<u64>,
     pub catch_up_ms: Option<u64>,
+    /// Where the worker serves `/health`, `/ready` and `/metrics`, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// The scaler's window.
@@ -250,6 +253,7 @@ pub fn worker_views(
                     uptime_s: uptime(&w.id).as_secs_f64(),
                     catch_up_entries: None,
                     catch_up_ms: None,
+                    http: None,
                 };
             };
             let record = &member.record;
@@ -284,6 +288,7 @@ pub fn worker_views(
                 uptime_s: uptime(&w.id).as_secs_f64(),
                 catch_up_entries: record.catch_up.map(|c| c.entries),
                 catch_up_ms: record.catch_up.map(|c| c.ms),
+                http: record.http.clone(),
             }
         })
         .collect();
@@ -856,6 +861,7 @@ mod tests {
                     applied_index,
                     epoch: 2,
                 }),
+                http: None,
             },
         }
     }
