@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::log::Record;
-use crate::protocol::{decode_versioned, EntryBody, LogEntry};
+use crate::replica::{ReplicaCore, Step};
 
 /// How an operation ended, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -63,6 +63,7 @@ pub struct Replay<S> {
     /// The outcome each request id got when it was applied.
     pub outcomes: BTreeMap<RequestId, (u64, WriteOutcome)>,
     pub epochs: u64,
+    core: ReplicaCore,
 }
 
 impl<S: Store> Replay<S> {
@@ -73,31 +74,28 @@ impl<S: Store> Replay<S> {
             fresh: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             epochs: 0,
+            core: ReplicaCore::default(),
         }
     }
 
-    /// Applies one log record with the replicas' rules.
+    /// Applies one log record by the replicas' own rule (the replica core, as a follower).
     pub fn apply(&mut self, record: &Record) -> Result<()> {
-        let index = record.index;
-        self.end = index;
-        let Ok(entry) = decode_versioned::<LogEntry>(&record.data) else {
-            self.machine.skip(index)?;
-            return Ok(());
-        };
-        match entry.body {
-            EntryBody::EpochMarker { .. } => {
-                if entry.epoch > self.epochs {
-                    self.epochs = entry.epoch;
-                }
-                self.machine.skip(index)?;
-            }
-            EntryBody::Write { request_id, op } if entry.epoch == self.epochs => {
+        self.end = record.index;
+        let (step, _) = self.core.step(record);
+        self.epochs = self.core.epoch();
+        match step {
+            Step::Apply {
+                index,
+                request_id,
+                op,
+                ..
+            } => {
                 if let Applied::Fresh(outcome) = self.machine.apply(index, &request_id, &op)? {
                     *self.fresh.entry(request_id.clone()).or_default() += 1;
                     self.outcomes.insert(request_id, (index, outcome));
                 }
             }
-            EntryBody::Write { .. } => self.machine.skip(index)?,
+            Step::Skip { index, .. } => self.machine.skip(index)?,
         }
         Ok(())
     }
@@ -252,7 +250,7 @@ pub fn check<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{encode, VERSION};
+    use crate::protocol::{encode, EntryBody, LogEntry, VERSION};
     use bytes::Bytes;
     use rideshare_core::store::MemStore;
     use rideshare_core::Username;

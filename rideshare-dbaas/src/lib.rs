@@ -20,6 +20,7 @@ pub mod log;
 pub mod orchestrator;
 pub mod policy;
 pub mod protocol;
+pub mod replica;
 pub mod rpc;
 pub mod runtime;
 pub mod worker;

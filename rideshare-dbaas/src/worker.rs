@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use rideshare_core::machine::{Applied, StateMachine, Store};
+use rideshare_core::machine::{StateMachine, Store};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOutcome};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -34,6 +34,7 @@ use crate::protocol::{
     Progress, ReadRequest, Refusal, Reply, Role, StateDigest, WriteRequest, EPOCHS, MASTER,
     READ_QUEUE, VERSION, WORKERS, WRITE_QUEUE,
 };
+use crate::replica::{Effect, ReplicaCore, Skip, Step};
 
 /// A worker's settings. Every wait has a bound.
 #[derive(Clone, Debug)]
@@ -87,14 +88,6 @@ pub struct WorkerDeps {
 }
 
 type Waiter = oneshot::Sender<std::result::Result<(u64, WriteOutcome), Refusal>>;
-
-/// What applying a record tells others, once its commit group is durable.
-enum Effect {
-    /// The master's own write: its waiters get this answer.
-    Answer(RequestId, std::result::Result<(u64, WriteOutcome), Refusal>),
-    /// A newer epoch marker: this master is deposed and answers nothing more.
-    Deposed,
-}
 
 /// State shared by a worker's tasks.
 struct Shared {
@@ -160,7 +153,7 @@ impl Shared {
         for effect in effects {
             match effect {
                 Effect::Answer(request_id, result) => self.resolve(&request_id, result),
-                Effect::Deposed => {
+                Effect::Deposed { .. } => {
                     self.deposed.send_replace(true);
                     self.fail_all_pending();
                 }
@@ -176,62 +169,45 @@ impl Shared {
         Ok(())
     }
 
+    /// One record, by the replica core's rule (`replica.rs`); the effects wait for the group.
     fn apply_record(
         &self,
         machine: &mut StateMachine<Box<dyn Store>>,
         record: Record,
         effects: &mut Vec<Effect>,
     ) -> Result<()> {
-        let index = record.index;
-        let entry = match decode_versioned::<LogEntry>(&record.data) {
-            Ok(entry) => entry,
-            Err(e) => {
-                // Every replica skips the same undecodable entry, so they stay identical.
-                tracing::warn!(index, error = %e, "skipping undecodable log entry");
-                machine.skip(index)?;
-                return Ok(());
+        // Read per record: a promotion between two records of a group counts from the next.
+        let mut core = ReplicaCore::at(
+            self.epoch.load(Ordering::SeqCst),
+            self.my_epoch.load(Ordering::SeqCst),
+        );
+        let (step, marker_effect) = core.step(&record);
+        // Later entries of this group are judged by a newer marker already.
+        self.epoch.fetch_max(core.epoch(), Ordering::SeqCst);
+        let applied = match &step {
+            Step::Apply {
+                index,
+                request_id,
+                op,
+                ..
+            } => Some(machine.apply(*index, request_id, op)?),
+            Step::Skip { index, why } => {
+                if let Skip::Undecodable(error) = why {
+                    tracing::warn!(index, %error, "skipping undecodable log entry");
+                }
+                machine.skip(*index)?;
+                None
             }
         };
-        let my_epoch = self.my_epoch.load(Ordering::SeqCst);
-        match entry.body {
-            EntryBody::EpochMarker { .. } => {
-                machine.skip(index)?;
-                // Later entries of this group are judged by this marker already.
-                if entry.epoch > self.epoch.load(Ordering::SeqCst) {
-                    self.epoch.store(entry.epoch, Ordering::SeqCst);
-                }
-                if my_epoch != 0 && entry.epoch > my_epoch {
-                    tracing::warn!(
-                        my_epoch,
-                        new_epoch = entry.epoch,
-                        "deposed by a newer master"
-                    );
-                    effects.push(Effect::Deposed);
-                }
-            }
-            EntryBody::Write { request_id, op } => {
-                let current = self.epoch.load(Ordering::SeqCst);
-                let result = if entry.epoch == current {
-                    match machine.apply(index, &request_id, &op)? {
-                        Applied::Fresh(outcome) | Applied::Duplicate(outcome) => {
-                            Some(Ok((index, outcome)))
-                        }
-                        Applied::AlreadyApplied => None,
-                    }
-                } else {
-                    // A deposed master's write: ignored by every replica.
-                    machine.skip(index)?;
-                    Some(Err(Refusal::NotMaster))
-                };
-                // Only the appender waits on its own entries; an older master's entry with the
-                // same request id must not answer this master's waiter.
-                if my_epoch != 0 && entry.epoch == my_epoch {
-                    if let Some(result) = result {
-                        effects.push(Effect::Answer(request_id, result));
-                    }
-                }
-            }
+        if let Some(Effect::Deposed {
+            my_epoch,
+            new_epoch,
+        }) = &marker_effect
+        {
+            tracing::warn!(my_epoch, new_epoch, "deposed by a newer master");
         }
+        effects.extend(marker_effect);
+        effects.extend(step.answer(applied.as_ref()));
         Ok(())
     }
 

@@ -18,16 +18,15 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rideshare_core::machine::{Applied, StateMachine};
-use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
+use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp};
 use rideshare_core::store::MemStore;
 use rideshare_core::{Area, RideId, Timestamp, Username};
+use rideshare_dbaas::checker::Replay;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
 use rideshare_dbaas::orchestrator::{OrchestratorConfig, WriteAck};
 use rideshare_dbaas::policy::ScalePolicy;
-use rideshare_dbaas::protocol::{decode_versioned, EntryBody, LogEntry};
 use rideshare_dbaas::runtime::Runtime;
 use rideshare_dbaas::worker::WorkerConfig;
 
@@ -104,47 +103,16 @@ fn random_read(rng: &mut SmallRng) -> ReadOp {
     }
 }
 
-/// Replays the log with the fencing rule, independently of the worker's code: the reference.
-struct Replay {
-    machine: StateMachine<MemStore>,
-    fresh: BTreeMap<RequestId, usize>,
-    outcomes: BTreeMap<RequestId, WriteOutcome>,
-    end: u64,
-}
-
-async fn replay(log: &dyn Log) -> Replay {
+/// Replays the log through the replica core, as the history checker does: the reference.
+async fn replay(log: &dyn Log) -> Replay<MemStore> {
     let end = log.end().await.unwrap();
-    let mut machine = StateMachine::new(MemStore::new());
-    let mut fresh: BTreeMap<RequestId, usize> = BTreeMap::new();
-    let mut outcomes = BTreeMap::new();
-    let mut epoch = 0;
+    let mut replay = Replay::new(MemStore::new());
     let mut reader = log.read_from(1).await.unwrap();
     for _ in 0..end {
         let record = reader.next().await.unwrap().unwrap();
-        let entry: LogEntry = decode_versioned(&record.data).unwrap();
-        match entry.body {
-            EntryBody::EpochMarker { .. } => {
-                epoch = epoch.max(entry.epoch);
-                machine.skip(record.index).unwrap();
-            }
-            EntryBody::Write { request_id, op } if entry.epoch == epoch => {
-                match machine.apply(record.index, &request_id, &op).unwrap() {
-                    Applied::Fresh(outcome) => {
-                        *fresh.entry(request_id.clone()).or_default() += 1;
-                        outcomes.insert(request_id, outcome);
-                    }
-                    Applied::Duplicate(_) | Applied::AlreadyApplied => {}
-                }
-            }
-            EntryBody::Write { .. } => machine.skip(record.index).unwrap(),
-        }
+        replay.apply(&record).unwrap();
     }
-    Replay {
-        machine,
-        fresh,
-        outcomes,
-        end,
-    }
+    replay
 }
 
 async fn wait_for_master(cluster: &EmbeddedCluster, bound: Duration) -> bool {
@@ -277,7 +245,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
             acked += 1;
             match reference.outcomes.get(id) {
                 None => return Err(format!("acknowledged write {id} ({op:?}) is lost")),
-                Some(outcome) if *outcome != ack.outcome => {
+                Some((_, outcome)) if *outcome != ack.outcome => {
                     return Err(format!(
                         "write {id} acked as {:?} but the log gives {outcome:?}",
                         ack.outcome
