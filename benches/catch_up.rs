@@ -1,11 +1,14 @@
 //! Replica catch-up: how fast a new worker applies an existing log to its SQLite copy before it
 //! serves, with commit groups of several sizes (the worker's default is 256; 1 is one
 //! transaction per entry). The worker runs for real (`run_worker`) on the in-memory broker, log
-//! and coordinator; the figure is the catch-up it reports in its member node. Prints figures;
-//! run with `cargo bench --bench catch_up`.
+//! and coordinator; the measured time is from its start to the catch-up it reports in its
+//! member node. Run with `cargo bench -p rideshare-dbaas --bench catch_up`; criterion prints
+//! time per catch-up and entries per second.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 mod workload;
 
@@ -53,14 +56,14 @@ async fn filled_log() -> MemLog {
     log
 }
 
-/// Starts a worker on a fresh SQLite file over a filled log; returns its reported catch-up.
-async fn catch_up(group: usize) -> CatchUp {
+/// Starts a worker on a fresh SQLite file over `log`; returns its reported catch-up.
+async fn catch_up(group: usize, log: MemLog) -> CatchUp {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap_or_else(|e| panic!("{e}"));
     let coordinator = Arc::new(MemCoordinator::new());
     let deps = WorkerDeps {
         broker: Arc::new(MemBroker::new()),
-        log: Arc::new(filled_log().await),
+        log: Arc::new(log),
         coordinator: coordinator.clone(),
     };
     let mut config = WorkerConfig::new("bench-worker", 1);
@@ -91,27 +94,31 @@ async fn catch_up(group: usize) -> CatchUp {
     reported
 }
 
-#[tokio::main]
-async fn main() {
-    // `cargo test --benches` runs this with `--bench` absent: keep it quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("catch_up bench: pass --bench (cargo bench) to measure");
-        return;
+fn catch_ups(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("catch_up");
+    group
+        .throughput(Throughput::Elements(ENTRIES))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for size in [1, 16, 256] {
+        group.bench_function(format!("sqlite, groups of {size}"), |b| {
+            b.to_async(&runtime).iter_custom(|iterations| async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    // The log is filled outside the measured time: only the catch-up counts.
+                    let log = filled_log().await;
+                    let started = Instant::now();
+                    let reported = catch_up(size, log).await;
+                    assert_eq!(reported.entries, ENTRIES, "a partial catch-up");
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
     }
-    for group in [1, 16, 256] {
-        let mut best: Option<CatchUp> = None;
-        for _ in 0..3 {
-            let c = catch_up(group).await;
-            if best.is_none_or(|b| c.ms < b.ms) {
-                best = Some(c);
-            }
-        }
-        let c = best.unwrap_or_else(|| unreachable!());
-        println!(
-            "catch-up into SQLite, groups of {group:<3}  {:>6} entries in {:>6} ms  {:>8.0} entries/s",
-            c.entries,
-            c.ms,
-            c.entries as f64 * 1000.0 / c.ms.max(1) as f64
-        );
-    }
+    group.finish();
 }
+
+criterion_group!(benches, catch_ups);
+criterion_main!(benches);

@@ -1,72 +1,96 @@
-//! Store throughput: how many writes per second the state machine applies on each store, and how
-//! many reads it answers. Prints figures; run with `cargo bench --bench store`.
-//!
-//! Each figure is the best of three runs of `OPS` operations, so a busy neighbour on the
-//! machine shows up as spread, not as a slower best.
+//! Store throughput: how fast the state machine applies writes on each store (one transaction
+//! per write, or commit groups as a replica uses them) and answers reads. Run with
+//! `cargo bench -p rideshare-core --bench store`; criterion prints time per batch and
+//! elements per second.
 
 mod workload;
 
-use std::time::Instant;
+use std::time::Duration;
 
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rideshare_core::machine::{StateMachine, Store};
 use rideshare_core::ops::{ReadOp, RequestId};
 use rideshare_core::store::{MemStore, SqliteStore};
 use rideshare_core::RideId;
 use workload::workload;
 
+/// Writes per measured batch.
 const OPS: u64 = 20_000;
 
-/// Applies `OPS` writes, `group` per commit group (1: each its own transaction), then reads.
-fn bench<S: Store>(name: &str, group: u64, mut make: impl FnMut() -> S) {
-    let mut best_write = f64::MAX;
-    let mut best_read = f64::MAX;
-    for _ in 0..3 {
-        let mut m = StateMachine::new(make());
-        let start = Instant::now();
-        let mut i = 1;
-        while i <= OPS {
-            let end = (i + group).min(OPS + 1);
-            m.grouped(|m| {
-                for i in i..end {
-                    m.apply(i, &RequestId(i.to_string()), &workload(i))?;
-                }
-                Ok::<_, rideshare_core::StoreError>(())
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-            i = end;
-        }
-        best_write = best_write.min(start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        for i in 1..=OPS / 10 {
-            m.read(&ReadOp::GetRide { ride_id: RideId(i) })
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        best_read = best_read.min(start.elapsed().as_secs_f64() * 10.0);
+/// Applies `OPS` writes of the mix, `group` per commit group (1: each its own transaction).
+fn apply_all<S: Store>(m: &mut StateMachine<S>, group: u64) {
+    let mut i = 1;
+    while i <= OPS {
+        let end = (i + group).min(OPS + 1);
+        m.grouped(|m| {
+            for i in i..end {
+                m.apply(i, &RequestId(i.to_string()), &workload(i))?;
+            }
+            Ok::<_, rideshare_core::StoreError>(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        i = end;
     }
-    println!(
-        "{name:<24} apply {:>9.0} writes/s   get_ride {:>9.0} reads/s",
-        OPS as f64 / best_write,
-        OPS as f64 / best_read
-    );
 }
 
-fn main() {
-    // `cargo test --benches` runs this with `--bench` absent: keep it quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("store bench: pass --bench (cargo bench) to measure");
-        return;
-    }
-    bench("memory", 1, MemStore::new);
+fn sqlite(dir: &tempfile::TempDir, n: &mut u32) -> SqliteStore {
+    *n += 1;
+    SqliteStore::open(&dir.path().join(format!("bench{n}.db"))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn stores(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut n = 0;
-    let mut open = || {
-        n += 1;
-        SqliteStore::open(&dir.path().join(format!("bench{n}.db")))
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let mut apply = c.benchmark_group("apply");
+    apply
+        .throughput(Throughput::Elements(OPS))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    apply.bench_function("memory", |b| {
+        b.iter_batched(
+            || StateMachine::new(MemStore::new()),
+            |mut m| apply_all(&mut m, 1),
+            BatchSize::PerIteration,
+        )
+    });
     // A replica applies one entry per transaction when entries come one at a time, and groups
     // what is already waiting in the log (catch-up, bursts) up to the worker's group bound.
-    bench("sqlite (file, WAL)", 1, &mut open);
-    bench("sqlite, groups of 16", 16, &mut open);
-    bench("sqlite, groups of 256", 256, &mut open);
+    for group in [1, 16, 256] {
+        apply.bench_function(format!("sqlite, groups of {group}"), |b| {
+            b.iter_batched(
+                || StateMachine::new(sqlite(&dir, &mut n)),
+                |mut m| apply_all(&mut m, group),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    apply.finish();
+
+    let mut read = c.benchmark_group("get_ride");
+    read.throughput(Throughput::Elements(1));
+    let mut memory = StateMachine::new(MemStore::new());
+    apply_all(&mut memory, 1);
+    let mut file = StateMachine::new(sqlite(&dir, &mut n));
+    apply_all(&mut file, 256);
+    let mut id = 0;
+    read.bench_function("memory", |b| {
+        b.iter(|| {
+            id = id % (OPS / 2) + 1;
+            memory.read(&ReadOp::GetRide {
+                ride_id: RideId(id),
+            })
+        })
+    });
+    read.bench_function("sqlite", |b| {
+        b.iter(|| {
+            id = id % (OPS / 2) + 1;
+            file.read(&ReadOp::GetRide {
+                ride_id: RideId(id),
+            })
+        })
+    });
+    read.finish();
 }
+
+criterion_group!(benches, stores);
+criterion_main!(benches);

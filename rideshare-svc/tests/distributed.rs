@@ -210,13 +210,27 @@ async fn end_to_end(kind: RuntimeKind, what: &str) {
     }
 
     // Every worker serves its own health, readiness and metrics, at the address it published.
-    let (status, body) = c.orch(Method::GET, "/api/v1/status").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     let http = reqwest::Client::new();
-    for worker in body["workers"].as_array().unwrap() {
-        let addr = worker["http"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a worker without its address: {worker}"));
+    for pid in &pids {
+        let started = Instant::now();
+        let addr = loop {
+            let (status, body) = c.orch(Method::GET, "/api/v1/status").await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let worker = body["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["pid"].as_u64() == Some(*pid))
+                .cloned();
+            if let Some(addr) = worker.as_ref().and_then(|w| w["http"].as_str()) {
+                break addr.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "worker {pid} published no address: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let started = Instant::now();
         loop {
             let ready = http.get(format!("http://{addr}/ready")).send().await;
