@@ -10,9 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{up_args, Client, ADMIN_TOKEN};
+use common::{embedded_args, Client, ADMIN_TOKEN};
 use futures::{SinkExt, StreamExt};
-use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -20,24 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Fully embedded: no engine flags.
 fn args(data_dir: &Path) -> UpArgs {
-    up_args(
-        data_dir,
-        Duration::from_secs(120),
-        EngineArgs {
-            amqp_url: None,
-            zk: None,
-            zk_session_timeout: Duration::from_secs(4),
-            log_stream: "rideshare.log".into(),
-        },
-        RuntimeArgs {
-            runtime: RuntimeKind::Docker,
-            worker_image: "rideshare-worker:latest".into(),
-            docker_network: "host".into(),
-            cluster: "rideshare".into(),
-            worker_program: None,
-            worker_data_dir: data_dir.join("workers"),
-        },
-    )
+    embedded_args(data_dir, Duration::from_secs(120))
 }
 
 type Socket =

@@ -9,32 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{up_args, Client, ADMIN_TOKEN};
+use common::{embedded_args, Client, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
-use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::{start, Up};
 use serde_json::Value;
 
 /// Fully embedded: no engine flags.
 fn args(data_dir: &Path) -> UpArgs {
-    up_args(
-        data_dir,
-        Duration::from_secs(120),
-        EngineArgs {
-            amqp_url: None,
-            zk: None,
-            zk_session_timeout: Duration::from_secs(4),
-            log_stream: "rideshare.log".into(),
-        },
-        RuntimeArgs {
-            runtime: RuntimeKind::Docker,
-            worker_image: "rideshare-worker:latest".into(),
-            docker_network: "host".into(),
-            cluster: "rideshare".into(),
-            worker_program: None,
-            worker_data_dir: data_dir.join("workers"),
-        },
-    )
+    embedded_args(data_dir, Duration::from_secs(120))
 }
 
 /// Runs the `rideshare` binary with `args` against `up`'s orchestrator; answers stdout.
