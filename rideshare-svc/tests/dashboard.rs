@@ -10,18 +10,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{embedded_args, Client, ADMIN_TOKEN};
+use common::{embedded_up, Client, ADMIN_TOKEN};
 use futures::{SinkExt, StreamExt};
-use rideshare_svc::cli::UpArgs;
-use rideshare_svc::up::start;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Fully embedded: no engine flags.
-fn args(data_dir: &Path) -> UpArgs {
-    embedded_args(data_dir, Duration::from_secs(120))
-}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -214,13 +207,8 @@ fn master_of(cards: &[(u64, String)]) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_lists_workers_and_shows_the_new_master_after_its_crash_button() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(args(dir.path())).await.unwrap();
-    let c = Client::new(&up);
-    let pids = c
-        .wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await
-        .0;
-    assert_eq!(pids.len(), 2, "one master and one slave at start: {pids:?}");
+    let (up, c) = embedded_up(dir.path(), |_| {}).await;
+    let pids = c.pids().await;
     // Some traffic, so the figures are not all zero.
     for i in 0..3 {
         c.add_user(&format!("dash-{i}")).await;

@@ -10,26 +10,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{embedded_args, Client, PASSWORD};
+use common::{embedded_up, Client, PASSWORD};
 use reqwest::{Method, StatusCode};
-use rideshare_svc::cli::UpArgs;
 use rideshare_svc::logging::{subscriber, LogFormat};
-use rideshare_svc::up::{start, Up};
+use rideshare_svc::up::Up;
 use serde_json::{json, Value};
 
-/// Fully embedded: no engine flags.
-fn args(data_dir: &Path) -> UpArgs {
-    embedded_args(data_dir, Duration::from_secs(120))
-}
-
 async fn started(dir: &Path) -> (Up, Client) {
-    let up = start(args(dir)).await.unwrap();
-    let c = Client::new(&up);
-    let pids = c
-        .wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await
-        .0;
-    assert_eq!(pids.len(), 2, "one master and one slave at start: {pids:?}");
+    let (up, c) = embedded_up(dir, |_| {}).await;
     wait_ready(&up, Duration::from_secs(10)).await;
     (up, c)
 }

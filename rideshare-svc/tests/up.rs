@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{embedded_args, Client};
+use common::{embedded_args, embedded_up, Client};
 use reqwest::StatusCode;
 use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
@@ -20,17 +20,8 @@ fn args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_system_serves_the_contract_survives_crashes_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let up = start(args(dir.path(), Duration::from_secs(120)))
-        .await
-        .unwrap();
-    let c = Client::new(&up);
+    let (up, c) = embedded_up(dir.path(), |_| {}).await;
     use reqwest::Method;
-
-    let pids = c
-        .wait_for_pids(Duration::from_secs(5), |p| p.len() == 2)
-        .await
-        .0;
-    assert_eq!(pids.len(), 2, "one master and one slave at start: {pids:?}");
 
     // The contract through the gateway.
     assert_eq!(c.add_user("asha").await, StatusCode::CREATED);
