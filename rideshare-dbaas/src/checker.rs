@@ -9,7 +9,11 @@
 //! - `stale_reads`: a read answered from a state older than a write acknowledged before the read
 //!   was invoked;
 //! - `replica_mismatches`: a replica at the log's end whose state differs from the reference
-//!   (this also covers writes of unknown outcome: present or absent, but alike everywhere).
+//!   (this also covers writes of unknown outcome: present or absent, but alike everywhere);
+//! - `fenced_applied`: a write of a deposed master (written under an older epoch than a marker
+//!   before it in the log) that the replay applied. The replay goes through the replica core, so
+//!   this is the guarantee fencing must give, watched from outside the core: a broken core that
+//!   applies such an entry agrees with the replicas and would pass every other check.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +23,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::log::Record;
+use crate::protocol::{decode_versioned, EntryBody, LogEntry};
 use crate::replica::{ReplicaCore, Step};
 
 /// How an operation ended, as the client saw it.
@@ -63,6 +68,12 @@ pub struct Replay<S> {
     /// The outcome each request id got when it was applied.
     pub outcomes: BTreeMap<RequestId, (u64, WriteOutcome)>,
     pub epochs: u64,
+    /// Writes found after a marker of a newer epoch than their own (a deposed master's late
+    /// appends), and the indexes of those among them that the replay applied.
+    pub fenced_entries: u64,
+    pub fenced_applied: Vec<u64>,
+    /// The newest epoch marker seen, read from the entries themselves rather than the core.
+    newest_marker: u64,
     core: ReplicaCore,
 }
 
@@ -74,6 +85,9 @@ impl<S: Store> Replay<S> {
             fresh: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             epochs: 0,
+            fenced_entries: 0,
+            fenced_applied: Vec::new(),
+            newest_marker: 0,
             core: ReplicaCore::default(),
         }
     }
@@ -83,6 +97,10 @@ impl<S: Store> Replay<S> {
         self.end = record.index;
         let (step, _) = self.core.step(record);
         self.epochs = self.core.epoch();
+        let stale = self.watch_epochs(record);
+        if stale && matches!(step, Step::Apply { .. }) {
+            self.fenced_applied.push(record.index);
+        }
         match step {
             Step::Apply {
                 index,
@@ -98,6 +116,24 @@ impl<S: Store> Replay<S> {
             Step::Skip { index, .. } => self.machine.skip(index)?,
         }
         Ok(())
+    }
+
+    /// Notes the epoch of a marker, and whether a write is older than the newest marker so far.
+    fn watch_epochs(&mut self, record: &Record) -> bool {
+        let Ok(entry) = decode_versioned::<LogEntry>(&record.data) else {
+            return false;
+        };
+        match entry.body {
+            EntryBody::EpochMarker { .. } => {
+                self.newest_marker = self.newest_marker.max(entry.epoch);
+                false
+            }
+            EntryBody::Write { .. } => {
+                let stale = entry.epoch < self.newest_marker;
+                self.fenced_entries += u64::from(stale);
+                stale
+            }
+        }
     }
 
     /// The reference state's checksum.
@@ -124,6 +160,10 @@ pub struct Verdict {
     pub duplicated: u64,
     pub stale_reads: u64,
     pub replica_mismatches: u64,
+    /// Writes of a deposed master that the replay applied (fencing broken).
+    pub fenced_applied: u64,
+    /// Writes of a deposed master found in the log (all of them must be fenced off).
+    pub fenced_entries: u64,
     /// Replicas that had not applied the whole log when checked (once quiet, none may be).
     pub replicas_behind: u64,
     pub ops_ok: u64,
@@ -142,6 +182,7 @@ impl Verdict {
             && self.duplicated == 0
             && self.stale_reads == 0
             && self.replica_mismatches == 0
+            && self.fenced_applied == 0
             && self.replicas_behind == 0
     }
 
@@ -200,6 +241,13 @@ pub fn check<S: Store>(
             verdict.duplicated += 1;
             verdict.problem(format!("write {request_id} was applied {n} times"));
         }
+    }
+    verdict.fenced_entries = replay.fenced_entries;
+    for index in &replay.fenced_applied {
+        verdict.fenced_applied += 1;
+        verdict.problem(format!(
+            "index {index} holds a deposed master's write (older epoch than a marker before it) and was applied"
+        ));
     }
     acks.sort_unstable();
     // Highest index acknowledged by each completion time, for a binary search per read.
@@ -317,7 +365,27 @@ mod tests {
         let events = [acked("a", "ann", 2, 10), acked("z", "zed", 4, 20)];
         let verdict = check(&events, &mut replay, &[]).unwrap();
         assert_eq!(verdict.lost, 1, "{verdict:?}");
+        assert_eq!(verdict.fenced_entries, 1, "{verdict:?}");
+        assert_eq!(verdict.fenced_applied, 0, "{verdict:?}");
         assert!(!verdict.passed());
+    }
+
+    #[test]
+    fn a_zombie_masters_write_leaves_no_trace_even_unacknowledged() {
+        let mut replay = Replay::new(MemStore::new());
+        for r in [
+            record(1, 1, marker()),
+            record(2, 2, marker()),
+            record(3, 1, write("z", "zed")),
+            record(4, 2, write("b", "bob")),
+        ] {
+            replay.apply(&r).unwrap();
+        }
+        assert!(!replay.outcomes.contains_key(&RequestId("z".into())));
+        assert_eq!(replay.outcomes[&RequestId("b".into())].0, 4);
+        let verdict = check(&[], &mut replay, &[]).unwrap();
+        assert_eq!((verdict.fenced_entries, verdict.fenced_applied), (1, 0));
+        assert!(verdict.passed(), "{verdict:?}");
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! The seeded simulation: the whole DBaaS on the in-memory engines under a paused tokio clock,
 //! random client operations, and random faults (master and slave crashes, workers dying on
-//! their own, orchestrator crashes, dropped messages, expired sessions). After every run it
-//! checks the guarantees of DESIGN.md against the history and the log:
-//!
-//! - no acknowledged write is lost: it is in the log's valid history with the acked outcome;
-//! - no write is applied twice: no request id is freshly applied twice when replaying the log;
-//! - a read that starts after a write was acknowledged sees it (its applied index is not lower);
-//! - at most one worker acknowledges writes per epoch;
-//! - once quiet, every slave answers with the reference state, and the cluster has one master
-//!   and the number of slaves the scaling policy says.
+//! their own, orchestrator crashes, dropped messages, expired sessions, and late appends of a
+//! deposed master: write entries of an older epoch landing after a newer marker, new ones and
+//! copies of old ones). After every run the history is checked by the one history checker,
+//! `rideshare_dbaas::checker` (lost, doubled, stale reads, a deposed master's write applied,
+//! replicas against the replay), and the simulation adds what only it can see: at most one
+//! worker acknowledges writes per epoch, and once quiet the cluster has one master and the
+//! number of slaves the scaling policy says.
 //!
 //! `SIM_SEEDS=N` runs seeds 0..N (default 200); `SIM_SEED=S` replays one seed.
 
@@ -16,17 +14,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp};
 use rideshare_core::store::MemStore;
 use rideshare_core::{Area, RideId, Timestamp, Username};
-use rideshare_dbaas::checker::Replay;
+use rideshare_dbaas::checker::{check, Completion, Event, Operation, Replay, ReplicaState};
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
-use rideshare_dbaas::orchestrator::{OrchestratorConfig, WriteAck};
+use rideshare_dbaas::orchestrator::OrchestratorConfig;
 use rideshare_dbaas::policy::ScalePolicy;
+use rideshare_dbaas::protocol::{decode_versioned, encode, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::runtime::Runtime;
 use rideshare_dbaas::worker::WorkerConfig;
 
@@ -34,12 +35,12 @@ const CLIENTS: usize = 4;
 const OPS_PER_CLIENT: usize = 40;
 const FAULT_PHASE: Duration = Duration::from_secs(20);
 
+/// What the clients saw (checker events), which worker acknowledged each write in which epoch,
+/// and the faults injected.
 #[derive(Debug, Default)]
 struct History {
-    /// Writes: request id, op, and the ack (None: failed or unknown outcome).
-    writes: Vec<(RequestId, WriteOp, Option<WriteAck>)>,
-    /// Reads: highest acked index when the read started, applied index it was answered at.
-    reads: Vec<(u64, u64)>,
+    events: Vec<Event>,
+    acked_by: Vec<(u64, String)>,
     faults: Vec<String>,
 }
 
@@ -139,6 +140,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
     let history = Arc::new(Mutex::new(History::default()));
     let cluster_slot = Arc::new(tokio::sync::RwLock::new(()));
     let orchestrator = Arc::new(Mutex::new(Arc::clone(cluster.orchestrator())));
+    let origin = tokio::time::Instant::now();
 
     // Clients: sequential operations each, against whichever orchestrator is current.
     let mut clients = tokio::task::JoinSet::new();
@@ -152,22 +154,45 @@ async fn simulate(seed: u64) -> Result<String, String> {
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(10..300))).await;
                 let _held = gate.read().await;
                 let o = Arc::clone(&orchestrator.lock().unwrap());
-                if rng.gen_bool(0.6) {
-                    let id = RequestId(format!("s{seed}-c{c}-{n}"));
+                let invoked_ms = ms(origin);
+                let (operation, completion) = if rng.gen_bool(0.6) {
+                    let request_id = RequestId(format!("s{seed}-c{c}-{n}"));
                     let op = random_write(&mut rng);
-                    let ack = o.write(id.clone(), op.clone()).await.ok();
-                    history.lock().unwrap().writes.push((id, op, ack));
+                    let completion = match o.write(request_id.clone(), op.clone()).await {
+                        Ok(ack) => {
+                            let by = (ack.epoch, ack.worker);
+                            history.lock().unwrap().acked_by.push(by);
+                            Completion::Written {
+                                index: ack.index,
+                                outcome: ack.outcome,
+                            }
+                        }
+                        // The orchestrator may have sent it before failing: unknown.
+                        Err(e) => Completion::Unknown {
+                            reason: e.to_string(),
+                        },
+                    };
+                    (Operation::Write { request_id, op }, completion)
                 } else {
-                    let before = o.acked_index();
+                    let op = random_read(&mut rng);
                     o.count_read();
-                    if let Ok(answer) = o.read(random_read(&mut rng), false).await {
-                        history
-                            .lock()
-                            .unwrap()
-                            .reads
-                            .push((before, answer.applied_index));
-                    }
-                }
+                    let completion = match o.read(op.clone(), false).await {
+                        Ok(answer) => Completion::Read {
+                            applied_index: answer.applied_index,
+                        },
+                        Err(e) => Completion::Failed {
+                            reason: e.to_string(),
+                        },
+                    };
+                    (Operation::Read { op }, completion)
+                };
+                history.lock().unwrap().events.push(Event {
+                    client: c,
+                    operation,
+                    invoked_ms,
+                    completed_ms: ms(origin),
+                    completion,
+                });
             }
         });
     }
@@ -224,7 +249,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
                     format!("expired session {s}")
                 }
             }
-            _ => "pause".into(),
+            _ => late_append_of_a_deposed_master(&cluster, &mut rng, seed).await,
         };
         history.lock().unwrap().faults.push(what);
     }
@@ -236,59 +261,60 @@ async fn simulate(seed: u64) -> Result<String, String> {
         return Err("no master once quiet".into());
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
-    let reference = replay(&*cluster.log).await;
+    let mut reference = replay(&*cluster.log).await;
 
-    // 1. No acknowledged write lost, and each got the outcome the log gives it.
-    let mut acked = 0;
-    for (id, op, ack) in &history.writes {
-        if let Some(ack) = ack {
-            acked += 1;
-            match reference.outcomes.get(id) {
-                None => return Err(format!("acknowledged write {id} ({op:?}) is lost")),
-                Some((_, outcome)) if *outcome != ack.outcome => {
-                    return Err(format!(
-                        "write {id} acked as {:?} but the log gives {outcome:?}",
-                        ack.outcome
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
+    // The history, the log and the replicas, by the one history checker. Every replica that
+    // answers a checksum read once quiet is compared, and must have caught up with the log.
+    let replicas = quiet_replica_states(&cluster).await?;
+    let verdict =
+        check(&history.events, &mut reference, &replicas).map_err(|e| format!("checker: {e}"))?;
+    if !verdict.passed() {
+        return Err(format!("checker: {verdict:?}"));
     }
-    // 2. Nothing applied twice.
-    if let Some((id, n)) = reference.fresh.iter().find(|(_, n)| **n > 1) {
-        return Err(format!("write {id} applied {n} times"));
+    if verdict.ops_ok == 0 {
+        return Err(format!("no operation succeeded: {verdict:?}"));
     }
-    // 3. Reads see every write acknowledged before they started.
-    for (before, applied) in &history.reads {
-        if applied < before {
-            return Err(format!(
-                "stale read: answered at index {applied}, {before} acked before"
-            ));
-        }
-    }
-    // 4. One acknowledging master per epoch.
+    // One acknowledging master per epoch.
     let mut per_epoch: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for (_, _, ack) in &history.writes {
-        if let Some(ack) = ack {
-            per_epoch
-                .entry(ack.epoch)
-                .or_default()
-                .insert(ack.worker.clone());
-        }
+    for (epoch, worker) in &history.acked_by {
+        per_epoch.entry(*epoch).or_default().insert(worker.clone());
     }
     if let Some((epoch, workers)) = per_epoch.iter().find(|(_, w)| w.len() > 1) {
         return Err(format!("epoch {epoch} acknowledged by {workers:?}"));
     }
-    // 5. Replicas identical once quiet; workers as the policy says.
-    let mut reference_machine = reference.machine;
-    let ReadOutcome::Checksum { checksum: want, .. } =
-        reference_machine.read(&ReadOp::Checksum).unwrap()
-    else {
-        return Err("reference checksum".into());
-    };
     let o = Arc::clone(cluster.orchestrator());
-    let mut seen_workers = BTreeSet::new();
+    let workers = cluster.runtime.list().await.unwrap_or_default().len() as u64;
+    let want_workers = 1 + o.target_slaves();
+    if workers != want_workers {
+        return Err(format!(
+            "{workers} workers once quiet; the policy says {want_workers} (1 master + {} slaves)",
+            o.target_slaves()
+        ));
+    }
+    cluster.shutdown();
+    Ok(format!(
+        "ops {} (ok {}, failed {}, unknown {}), log {} entries, epochs {}, deposed writes fenced {}, replicas checked {}, faults {:?}",
+        history.events.len(),
+        verdict.ops_ok,
+        verdict.ops_failed,
+        verdict.ops_unknown,
+        reference.end,
+        reference.epochs,
+        verdict.fenced_entries,
+        replicas.len(),
+        history.faults
+    ))
+}
+
+fn ms(origin: tokio::time::Instant) -> u64 {
+    origin.elapsed().as_millis() as u64
+}
+
+/// Reads the checksum a dozen times once quiet (the orchestrator spreads reads over the
+/// replicas) and keeps each replica's last answer.
+async fn quiet_replica_states(cluster: &EmbeddedCluster) -> Result<Vec<ReplicaState>, String> {
+    let o = Arc::clone(cluster.orchestrator());
+    let mut seen = BTreeMap::new();
     for _ in 0..12 {
         let answer = o
             .read(ReadOp::Checksum, false)
@@ -301,31 +327,66 @@ async fn simulate(seed: u64) -> Result<String, String> {
         else {
             return Err("checksum read answered something else".into());
         };
-        if applied_index >= reference.end && checksum != want {
-            return Err(format!(
-                "replica {} at index {applied_index} has checksum {checksum:x}, the log gives {want:x}",
-                answer.worker
-            ));
+        seen.insert(answer.worker.clone(), (applied_index, checksum));
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(worker, (applied_index, checksum))| ReplicaState {
+            worker,
+            applied_index,
+            checksum,
+        })
+        .collect())
+}
+
+/// A deposed master's append that lands late: a write entry of an older epoch after the newest
+/// marker, either a new request or a copy of an entry an older master wrote. Fencing must
+/// leave every one of them without effect.
+async fn late_append_of_a_deposed_master(
+    cluster: &EmbeddedCluster,
+    rng: &mut SmallRng,
+    seed: u64,
+) -> String {
+    let end = cluster.log.end().await.unwrap_or(0);
+    let mut newest = 0;
+    let mut older_writes = Vec::new();
+    if let Ok(mut reader) = cluster.log.read_from(1).await {
+        for _ in 0..end {
+            let Some(Ok(record)) = reader.next().await else {
+                break;
+            };
+            let Ok(entry) = decode_versioned::<LogEntry>(&record.data) else {
+                continue;
+            };
+            match entry.body {
+                EntryBody::EpochMarker { .. } => newest = newest.max(entry.epoch),
+                EntryBody::Write { .. } => older_writes.push((entry.epoch, record.data)),
+            }
         }
-        seen_workers.insert(answer.worker);
     }
-    let workers = cluster.runtime.list().await.unwrap_or_default().len() as u64;
-    let want_workers = 1 + o.target_slaves();
-    if workers != want_workers {
-        return Err(format!(
-            "{workers} workers once quiet; the policy says {want_workers} (1 master + {} slaves)",
-            o.target_slaves()
-        ));
+    if newest < 2 {
+        return "no deposed master yet".into();
     }
-    cluster.shutdown();
-    Ok(format!(
-        "writes {} (acked {acked}), reads {}, log {} entries, epochs {}, faults {:?}",
-        history.writes.len(),
-        history.reads.len(),
-        reference.end,
-        per_epoch.len(),
-        history.faults
-    ))
+    older_writes.retain(|(epoch, _)| *epoch < newest);
+    let data = if !older_writes.is_empty() && rng.gen_bool(0.5) {
+        older_writes
+            .swap_remove(rng.gen_range(0..older_writes.len()))
+            .1
+    } else {
+        let entry = LogEntry {
+            v: VERSION,
+            epoch: rng.gen_range(1..newest),
+            body: EntryBody::Write {
+                request_id: RequestId(format!("s{seed}-zombie-{}", rng.gen::<u32>())),
+                op: random_write(rng),
+            },
+        };
+        Bytes::from(encode(&entry).to_vec())
+    };
+    match cluster.log.append(data).await {
+        Ok(()) => format!("late append of a deposed master's write after epoch {newest}"),
+        Err(e) => format!("late append failed: {e}"),
+    }
 }
 
 fn run_seed(seed: u64) -> Result<String, String> {
