@@ -1,8 +1,8 @@
 //! Where "now" comes from. Ride timestamps carry no zone: they are read in the service's
 //! configured zone, so the clock answers in that zone too.
 
+use parking_lot::Mutex;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 use chrono::{FixedOffset, Local, Utc};
 
@@ -78,13 +78,13 @@ impl FixedClock {
     }
 
     pub fn set(&self, at: Timestamp) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        *self.0.lock() = at;
     }
 }
 
 impl Clock for FixedClock {
     fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.0.lock()
     }
 }
 

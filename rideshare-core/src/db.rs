@@ -4,7 +4,9 @@
 //! this crate there is [`LocalDb`], a state machine on a local store; the DBaaS crate adds a
 //! client for the orchestrator behind the same trait.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use thiserror::Error;
@@ -69,7 +71,7 @@ impl<S: Store + 'static> LocalDb<S> {
     ) -> Result<R, DbError> {
         let machine = Arc::clone(&self.machine);
         tokio::task::spawn_blocking(move || {
-            let mut guard = machine.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = machine.lock();
             f(&mut guard)
         })
         .await

@@ -14,10 +14,10 @@
 //! not enable): every call it makes is non-blocking but the reaping `wait` after a SIGKILL, which
 //! runs on the blocking pool.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use rideshare_dbaas::error::{Error, Result};
@@ -83,7 +83,7 @@ impl ProcessRuntime {
 
     /// Kills every worker and waits for each to be gone (shutdown).
     pub async fn kill_all(&self) -> Result<()> {
-        let workers = std::mem::take(&mut *self.lock());
+        let workers = std::mem::take(&mut *self.running.lock());
         let mut first_error = None;
         for (id, worker) in workers {
             if let Err(e) = stop(&id, worker).await {
@@ -91,12 +91,6 @@ impl ProcessRuntime {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Worker>> {
-        // The map stays consistent whatever panicked while holding it: every change is one
-        // insert or remove.
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn command(&self, id: &str) -> Result<Command> {
@@ -142,7 +136,7 @@ impl Drop for ProcessRuntime {
     /// No worker outlives its runtime (as `kill_on_drop` would do): one left running would stay
     /// a member of the cluster that nothing lists or kills.
     fn drop(&mut self) {
-        for (id, worker) in std::mem::take(&mut *self.lock()) {
+        for (id, worker) in std::mem::take(&mut *self.running.lock()) {
             if let Err(e) = kill_and_reap(worker) {
                 tracing::warn!(worker = %id, error = %e, "cannot kill worker on drop");
             }
@@ -167,13 +161,15 @@ impl Runtime for ProcessRuntime {
             )
         })?;
         let pid = child.id();
-        self.lock().insert(id.clone(), Worker { pid, child });
+        self.running
+            .lock()
+            .insert(id.clone(), Worker { pid, child });
         tracing::info!(worker = %id, pid, "worker process started");
         Ok(WorkerHandle { id, pid })
     }
 
     async fn kill(&self, id: &str) -> Result<()> {
-        let Some(mut worker) = self.lock().remove(id) else {
+        let Some(mut worker) = self.running.lock().remove(id) else {
             return Err(Error::NoWorker(id.to_owned()));
         };
         // A worker that already exited is not running: the same answer as for an unknown id,
@@ -192,7 +188,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<WorkerHandle>> {
-        let mut running = self.lock();
+        let mut running = self.running.lock();
         // Reaping here is what makes a crashed worker vanish (and frees its zombie).
         running.retain(|id, worker| match worker.child.try_wait() {
             Ok(None) => true,
