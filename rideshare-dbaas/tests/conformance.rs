@@ -13,7 +13,7 @@ use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::coord::{Coordinator, CreateMode};
 use rideshare_dbaas::log::file::{FileLog, MAX_RECORD_BYTES};
 use rideshare_dbaas::log::mem::MemLog;
-use rideshare_dbaas::log::{Log, LogReader, Record};
+use rideshare_dbaas::log::{Appended, Log, LogReader, Record};
 use rideshare_dbaas::Error;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -133,8 +133,8 @@ struct ShortEnd(MemLog);
 
 #[async_trait::async_trait]
 impl Log for ShortEnd {
-    async fn append(&self, data: Bytes) -> rideshare_dbaas::Result<()> {
-        self.0.append(data).await
+    fn append(&self, data: Bytes) -> Appended {
+        self.0.append(data)
     }
     async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
         self.0.read_from(from).await
