@@ -154,6 +154,35 @@ async fn log_suite_fails_a_log_with_a_wrong_end() {
     );
 }
 
+/// A log that only enqueues an append when its confirmation is first polled, so the order is
+/// the order of the awaits rather than of the calls: the suite must notice.
+struct OrderedWhenPolled(MemLog);
+
+#[async_trait::async_trait]
+impl Log for OrderedWhenPolled {
+    fn append(&self, data: Bytes) -> Appended {
+        let log = self.0.clone();
+        Appended::pending(async move { log.append(data).await })
+    }
+    async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
+        self.0.read_from(from).await
+    }
+    async fn end(&self) -> rideshare_dbaas::Result<u64> {
+        self.0.end().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_suite_fails_a_log_that_orders_appends_when_first_polled() {
+    let report = log_suite(|| async { OrderedWhenPolled(MemLog::new()) }).await;
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        ["appends_enqueued_then_confirmed_in_reverse_keep_call_order"],
+        "{report}"
+    );
+}
+
 // ---- helpers ----------------------------------------------------------------------------------
 
 fn text(d: &Delivery) -> String {

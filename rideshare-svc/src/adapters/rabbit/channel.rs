@@ -45,6 +45,8 @@ impl managed::Manager for ChannelManager {
     type Error = Error;
 
     async fn create(&self) -> Result<Channel> {
+        // Only the supervisor connects again: a dead connection fails the call at once.
+        self.endpoint.ensure_live()?;
         let conn = connection::connection(&self.connections, &self.endpoint).await?;
         let channel = self
             .endpoint
@@ -77,16 +79,15 @@ pub(super) fn pool(
     endpoint: Arc<Endpoint>,
     size: usize,
 ) -> Result<ChannelPool> {
-    let failed = endpoint.unavailable("channel pool could not be built");
     managed::Pool::builder(ChannelManager {
         connections,
-        endpoint,
+        endpoint: Arc::clone(&endpoint),
     })
     .max_size(size)
     .wait_timeout(Some(OP_TIMEOUT))
     .runtime(deadpool::Runtime::Tokio1)
     .build()
-    .map_err(|_| failed)
+    .map_err(|e| endpoint.unavailable(format!("channel pool: {e}")))
 }
 
 /// Borrows a channel of `pool`, opening one if none is idle.
