@@ -13,7 +13,7 @@ use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::coord::{Coordinator, CreateMode};
 use rideshare_dbaas::log::file::{FileLog, MAX_RECORD_BYTES};
 use rideshare_dbaas::log::mem::MemLog;
-use rideshare_dbaas::log::{Log, LogReader, Record};
+use rideshare_dbaas::log::{Appended, Log, LogReader, Record};
 use rideshare_dbaas::Error;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -133,8 +133,8 @@ struct ShortEnd(MemLog);
 
 #[async_trait::async_trait]
 impl Log for ShortEnd {
-    async fn append(&self, data: Bytes) -> rideshare_dbaas::Result<()> {
-        self.0.append(data).await
+    fn append(&self, data: Bytes) -> Appended {
+        self.0.append(data)
     }
     async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
         self.0.read_from(from).await
@@ -150,6 +150,35 @@ async fn log_suite_fails_a_log_with_a_wrong_end() {
     assert!(!report.passed());
     assert!(
         report.failures().any(|c| c.name == "end_is_the_last_index"),
+        "{report}"
+    );
+}
+
+/// A log that only enqueues an append when its confirmation is first polled, so the order is
+/// the order of the awaits rather than of the calls: the suite must notice.
+struct OrderedWhenPolled(MemLog);
+
+#[async_trait::async_trait]
+impl Log for OrderedWhenPolled {
+    fn append(&self, data: Bytes) -> Appended {
+        let log = self.0.clone();
+        Appended::pending(async move { log.append(data).await })
+    }
+    async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
+        self.0.read_from(from).await
+    }
+    async fn end(&self) -> rideshare_dbaas::Result<u64> {
+        self.0.end().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_suite_fails_a_log_that_orders_appends_when_first_polled() {
+    let report = log_suite(|| async { OrderedWhenPolled(MemLog::new()) }).await;
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        ["appends_enqueued_then_confirmed_in_reverse_keep_call_order"],
         "{report}"
     );
 }

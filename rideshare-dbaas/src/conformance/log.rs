@@ -39,6 +39,10 @@ where
             pipelined_appends_keep_call_order(l).boxed()
         }),
         (
+            "appends_enqueued_then_confirmed_in_reverse_keep_call_order",
+            |l| appends_enqueued_then_confirmed_in_reverse_keep_call_order(l).boxed(),
+        ),
+        (
             "readers_following_the_tail_see_one_order_without_gaps",
             |l| readers_following_the_tail_see_one_order_without_gaps(l).boxed(),
         ),
@@ -244,6 +248,40 @@ async fn pipelined_appends_keep_call_order<L: Log>(log: L) -> CaseResult {
             record.data,
             entry(format!("p{i}")),
             "entry {i} of a pipelined run"
+        );
+    }
+    Ok(())
+}
+
+/// The order is fixed when `append` returns, not when its confirmation is polled: a run of
+/// appends enqueued with no await in between, whose confirmations are then awaited one at a
+/// time from the last to the first, lands in call order, each entry once, with its contents.
+async fn appends_enqueued_then_confirmed_in_reverse_keep_call_order<L: Log>(log: L) -> CaseResult {
+    const COUNT: u64 = 20;
+    let mut confirmations: Vec<_> = (1..=COUNT)
+        .map(|i| (i, log.append(entry(format!("q{i}")))))
+        .collect();
+    while let Some((i, confirmation)) = confirmations.pop() {
+        ok(
+            format!("append q{i}"),
+            within(format!("confirmation of q{i}"), confirmation).await?,
+        )?;
+    }
+    check_eq!(
+        ok("end", log.end().await)?,
+        COUNT,
+        "end after {COUNT} confirmed appends"
+    );
+    let mut r = reader(&log, 1).await?;
+    for i in 1..=COUNT {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(
+            record,
+            Record {
+                index: i,
+                data: entry(format!("q{i}"))
+            },
+            "entry {i} of appends confirmed in reverse"
         );
     }
     Ok(())

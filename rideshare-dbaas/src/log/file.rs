@@ -19,15 +19,15 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::mem::MemLog;
-use super::{Log, LogReader};
+use super::{Appended, Log, LogReader};
 use crate::error::{Error, Result};
 
 /// Largest entry a `FileLog` accepts, in bytes.
@@ -185,8 +185,7 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
 
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        // The queue is plain collections mutated in single steps; a panic leaves it whole.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock()
     }
 
     /// Runs the flusher; should it panic, refuses further appends rather than leave them waiting
@@ -205,7 +204,7 @@ impl Shared {
     /// Writes and fsyncs pending appends, batch by batch, until none is left. Runs on a blocking
     /// thread, alone: `Queue::flushing` admits one flusher at a time.
     fn flush_pending(&self) {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self.file.lock();
         loop {
             let batch = {
                 let mut queue = self.queue();
@@ -268,53 +267,37 @@ impl Shared {
 
 #[async_trait]
 impl Log for FileLog {
-    // Written out rather than `async fn` so the append is queued, and ordered, when called.
-    fn append<'life0, 'async_trait>(
-        &'life0 self,
-        data: Bytes,
-    ) -> BoxFuture<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    fn append(&self, data: Bytes) -> Appended {
         if data.len() > MAX_RECORD_BYTES {
-            return Box::pin(std::future::ready(Err(Error::LogUnavailable(format!(
+            return Appended::ready(Err(Error::LogUnavailable(format!(
                 "entry of {} bytes is over the {MAX_RECORD_BYTES}-byte limit",
                 data.len()
-            )))));
+            ))));
         }
         let runtime = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => runtime,
             Err(e) => {
-                return Box::pin(std::future::ready(Err(Error::adapter(
+                return Appended::ready(Err(Error::adapter(
                     "appending to log file outside a tokio runtime",
                     e,
-                ))))
+                )))
             }
         };
         let (done, confirmed) = oneshot::channel();
         {
             let mut queue = self.shared.queue();
             if let Some(reason) = &queue.broken {
-                return Box::pin(std::future::ready(Err(Error::LogUnavailable(
-                    reason.clone(),
-                ))));
+                return Appended::ready(Err(Error::LogUnavailable(reason.clone())));
             }
             queue.pending.push_back(Pending { data, done });
             if !queue.flushing {
                 queue.flushing = true;
                 let shared = Arc::clone(&self.shared);
-                // The flusher owns its work: dropping this append's future does not stop it.
+                // The flusher owns its work: dropping this append's confirmation does not stop it.
                 runtime.spawn_blocking(move || shared.flush_guarded());
             }
         }
-        Box::pin(async move {
-            confirmed.await.unwrap_or_else(|_| {
-                Err(Error::LogUnavailable(
-                    "log file flusher stopped before confirming".into(),
-                ))
-            })
-        })
+        Appended::from_receiver(confirmed, "log file flusher stopped before confirming")
     }
 
     async fn read_from(&self, from: u64) -> Result<Box<dyn LogReader>> {

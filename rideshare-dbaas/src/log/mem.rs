@@ -1,27 +1,28 @@
 //! `MemLog`: the in-memory [`Log`] used by tests and simulations, with fault controls; also the
 //! in-memory index [`super::file::FileLog`] serves its readers from.
 //!
-//! Entries live in a `Vec<Bytes>` (index `i` is element `i - 1`) behind a std mutex that is never
-//! held across an `.await`; readers waiting at the tail are woken through a `tokio::sync::watch`.
+//! Entries live in a `Vec<Bytes>` (index `i` is element `i - 1`) behind a parking_lot mutex
+//! that is never held across an `.await`; readers waiting at the tail are woken through a
+//! `tokio::sync::watch`.
 //!
-//! An append takes its place in the order when it is *called*, not when its future is first
-//! polled, so appends a task pipelines (creates in order, then awaits together) land in call
+//! An append takes its place in the order when `append` is called, not when its confirmation is
+//! first polled, so appends a task pipelines (creates in order, then awaits together) land in call
 //! order whatever order they are polled in. It behaves like a client that sends the request at
 //! once and waits for the confirm: an append whose future is dropped may still land.
 //!
 //! Fault controls: [`MemLog::set_unavailable`], [`MemLog::set_append_delay`].
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{Log, LogReader, Record};
+use super::{Appended, Log, LogReader, Record};
 use crate::error::{Error, Result};
 
 /// An in-memory log. Cloning gives another handle on the same entries.
@@ -117,8 +118,7 @@ impl MemLog {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every mutation is one step on plain collections; a panic elsewhere leaves them whole.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn bump(&self) {
@@ -160,25 +160,17 @@ impl Shared {
 
 #[async_trait]
 impl Log for MemLog {
-    // Written out rather than `async fn` so the append is ordered when called (see module doc).
-    fn append<'life0, 'async_trait>(
-        &'life0 self,
-        data: Bytes,
-    ) -> BoxFuture<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    fn append(&self, data: Bytes) -> Appended {
         let mut state = self.shared.lock();
         if state.unavailable {
-            return Box::pin(std::future::ready(Err(MemLog::unavailable_error())));
+            return Appended::ready(Err(MemLog::unavailable_error()));
         }
         let delay = state.append_delay;
         if delay.is_zero() && state.in_flight.is_empty() {
             state.entries.push(data);
             drop(state);
             self.shared.bump();
-            return Box::pin(std::future::ready(Ok(())));
+            return Appended::ready(Ok(()));
         }
         let (done, confirmed) = oneshot::channel();
         state.in_flight.push_back(InFlight {
@@ -191,13 +183,7 @@ impl Log for MemLog {
             tokio::spawn(Arc::clone(&self.shared).run_committer());
         }
         drop(state);
-        Box::pin(async move {
-            confirmed.await.unwrap_or_else(|_| {
-                Err(Error::LogUnavailable(
-                    "in-memory log stopped before confirming".into(),
-                ))
-            })
-        })
+        Appended::from_receiver(confirmed, "in-memory log stopped before confirming")
     }
 
     /// `from` 0 reads from the first entry, like 1.

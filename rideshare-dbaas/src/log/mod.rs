@@ -1,12 +1,19 @@
 //! `Log`: the durable, totally ordered write log that replicas apply.
 //!
 //! To ensure correctness a `Log` must:
-//! - return from `append` only once the entry is durable (confirmed);
+//! - resolve the [`Appended`] that `append` returns with `Ok` only once the entry is durable
+//!   (confirmed);
 //! - give every entry one index, 1, 2, 3, ... in one total order seen by every reader;
 //! - keep entries from one appender in the order their appends were called, when each append is
 //!   awaited before the next starts, and also when appends from one appender are pipelined;
 //! - let a reader start at any index and follow the tail, entry by entry, without gaps;
 //! - never lose or change a confirmed entry.
+//!
+//! The shape of `append` carries the ordering rule: it is a plain function that takes the
+//! entry's place in the order before it returns, and what it returns is only the confirmation,
+//! a `'static` future that borrows nothing from the log. So an implementation has no `&self` to
+//! order by later, when the future is first polled, and a caller can enqueue a run of appends
+//! and await their confirmations in any order (or drop some) without reordering them.
 //!
 //! `append` does not return the index: the real log (a RabbitMQ stream) does not say it on
 //! confirm. A writer learns its entry's index by reading the log, as every replica does.
@@ -14,10 +21,59 @@
 pub mod file;
 pub mod mem;
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The confirmation of one append, whose place in the log was fixed when `append` returned.
+///
+/// Resolves to `Ok(())` once the entry is durable, or to why it is not. Dropping it gives up
+/// the wait, not the entry: an append already enqueued may still land.
+#[must_use = "an append is only known durable once its confirmation resolves to Ok"]
+pub struct Appended(BoxFuture<'static, Result<()>>);
+
+impl Appended {
+    /// A confirmation that is already known: the entry is durable (`Ok`), or was refused.
+    pub fn ready(result: Result<()>) -> Self {
+        Appended(Box::pin(std::future::ready(result)))
+    }
+
+    /// A confirmation still to come: whatever `confirm` resolves to.
+    pub fn pending(confirm: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Appended(Box::pin(confirm))
+    }
+
+    /// A confirmation sent later on `done`; if the sender is dropped unsent, the append failed
+    /// with [`Error::LogUnavailable`] saying `stopped`.
+    pub fn from_receiver(done: oneshot::Receiver<Result<()>>, stopped: &'static str) -> Self {
+        Appended::pending(async move {
+            done.await
+                .unwrap_or_else(|_| Err(Error::LogUnavailable(stopped.into())))
+        })
+    }
+}
+
+impl Future for Appended {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Appended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Appended")
+    }
+}
 
 /// One entry and its index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +94,10 @@ pub trait LogReader: Send {
 
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
-    /// Appends one entry; returns once it is durable.
-    async fn append(&self, data: Bytes) -> Result<()>;
+    /// Enqueues one entry, which fixes its place in the order, and returns the confirmation
+    /// that it is durable. Must not wait: everything that decides the order happens before it
+    /// returns.
+    fn append(&self, data: Bytes) -> Appended;
     /// Reads from `from` (1-based) on, then follows the tail.
     async fn read_from(&self, from: u64) -> Result<Box<dyn LogReader>>;
     /// The index of the last confirmed entry (0 when empty).
