@@ -4,6 +4,7 @@
 //! - [`ops`]: the typed database operations, the only language spoken to any database.
 //! - [`machine`]: the deterministic state machine and the [`machine::Store`] trait; [`store`] has
 //!   the in-memory and SQLite stores.
+//! - [`checksum`]: the state checksum, a sum of row hashes kept up to date as mutations apply.
 //! - [`db`]: the [`db::Db`] client trait the services talk through, and [`db::LocalDb`].
 //! - [`api`]: the users, rides and gateway services as axum `Router`s generic over a `Db`.
 //!
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod area;
+pub mod checksum;
 pub mod clock;
 pub mod db;
 pub mod domain;

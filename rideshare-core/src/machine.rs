@@ -12,6 +12,7 @@
 //! - remember applied request ids at least as long as `REQUEST_MEMORY` commits.
 
 use crate::area::Area;
+use crate::checksum::StateChecksum;
 use crate::domain::{RideId, Timestamp, Username};
 use crate::error::StoreError;
 use crate::ops::{ReadOp, ReadOutcome, RequestId, RideDetail, RideSummary, WriteOp, WriteOutcome};
@@ -70,6 +71,10 @@ pub trait Store: Send {
     /// Usernames in creation order.
     fn list_users(&mut self) -> Result<Vec<Username>, StoreError>;
     fn ride(&mut self, id: RideId) -> Result<Option<Ride>, StoreError>;
+    /// The user's password hash, if the user exists.
+    fn password_hash(&mut self, username: &Username) -> Result<Option<String>, StoreError>;
+    /// The rides the user created or joined, in id order.
+    fn rides_of(&mut self, username: &Username) -> Result<Vec<RideId>, StoreError>;
     /// Joined users of a ride in join order.
     fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError>;
     /// Rides between two areas strictly after `after`, ordered by time then id.
@@ -114,33 +119,9 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// FNV-1a over a canonical rendering: stable across processes and versions.
+    /// The state checksum, recomputed from every row (see [`StateChecksum`]).
     pub fn checksum(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for b in bytes {
-                hash ^= u64::from(*b);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            hash ^= 0xff;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        };
-        for (user, password_hash) in &self.users {
-            feed(user.as_str().as_bytes());
-            feed(password_hash.as_bytes());
-        }
-        for (ride, riders) in &self.rides {
-            feed(&ride.id.0.to_le_bytes());
-            feed(ride.created_by.as_str().as_bytes());
-            feed(&ride.timestamp.to_seconds().to_le_bytes());
-            feed(&ride.source.number().to_le_bytes());
-            feed(&ride.destination.number().to_le_bytes());
-            for rider in riders {
-                feed(rider.as_str().as_bytes());
-            }
-        }
-        feed(&self.next_ride_id.to_le_bytes());
-        hash
+        StateChecksum::of(self).value()
     }
 }
 
@@ -301,16 +282,29 @@ pub enum Applied {
 }
 
 /// A store driven by log entries: the replica's whole database logic.
+///
+/// It is the one place mutations reach a store, so it keeps the state checksum up to date there
+/// (for every store alike) instead of reading the whole store for each digest: computed in full
+/// once, on first need, then moved by each commit's mutations.
 pub struct StateMachine<S> {
     store: S,
+    /// The checksum of the store's committed state; `None` until first needed, and again after
+    /// anything that may have changed the store behind its back.
+    checksum: Option<StateChecksum>,
 }
 
 impl<S: Store> StateMachine<S> {
     pub fn new(store: S) -> Self {
-        StateMachine { store }
+        StateMachine {
+            store,
+            checksum: None,
+        }
     }
 
+    /// The store itself. Whoever holds it may change it, so the running checksum is forgotten
+    /// (and recomputed in full when next needed).
     pub fn store(&mut self) -> &mut S {
+        self.checksum = None;
         &mut self.store
     }
 
@@ -320,6 +314,43 @@ impl<S: Store> StateMachine<S> {
 
     pub fn applied_index(&mut self) -> Result<u64, StoreError> {
         self.store.applied_index()
+    }
+
+    /// The state checksum, kept up to date as mutations apply.
+    pub fn checksum(&mut self) -> Result<u64, StoreError> {
+        Ok(self.running_checksum()?.value())
+    }
+
+    /// The state checksum recomputed from every row, leaving the running one as it is: what
+    /// the running one must always equal.
+    pub fn full_checksum(&mut self) -> Result<u64, StoreError> {
+        Ok(StateChecksum::full(&mut self.store)?.value())
+    }
+
+    fn running_checksum(&mut self) -> Result<StateChecksum, StoreError> {
+        match self.checksum {
+            Some(checksum) => Ok(checksum),
+            None => {
+                let checksum = StateChecksum::full(&mut self.store)?;
+                self.checksum = Some(checksum);
+                Ok(checksum)
+            }
+        }
+    }
+
+    /// Commits, and moves the running checksum over the commit's mutations once it holds.
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        let after = if commit.mutations.is_empty() {
+            None
+        } else {
+            let before = self.running_checksum()?;
+            Some(before.after(&mut self.store, &commit.mutations)?)
+        };
+        self.store.commit(commit)?;
+        if after.is_some() {
+            self.checksum = after;
+        }
+        Ok(())
     }
 
     /// Applies the write at log `index`, at most once per index and per request id.
@@ -333,7 +364,7 @@ impl<S: Store> StateMachine<S> {
             return Ok(Applied::AlreadyApplied);
         }
         if let Some(first) = self.store.applied_request(request)? {
-            self.store.commit(Commit {
+            self.commit(Commit {
                 index,
                 request: None,
                 mutations: vec![],
@@ -341,7 +372,7 @@ impl<S: Store> StateMachine<S> {
             return Ok(Applied::Duplicate(first));
         }
         let (outcome, mutations) = decide(&mut self.store, op)?;
-        self.store.commit(Commit {
+        self.commit(Commit {
             index,
             request: Some((request.clone(), outcome.clone())),
             mutations,
@@ -353,7 +384,7 @@ impl<S: Store> StateMachine<S> {
     /// entry of a deposed master).
     pub fn skip(&mut self, index: u64) -> Result<(), StoreError> {
         if index > self.store.applied_index()? {
-            self.store.commit(Commit {
+            self.commit(Commit {
                 index,
                 request: None,
                 mutations: vec![],
@@ -362,8 +393,15 @@ impl<S: Store> StateMachine<S> {
         Ok(())
     }
 
+    /// Answers a query; a checksum from the running value, not by reading every row.
     pub fn read(&mut self, op: &ReadOp) -> Result<ReadOutcome, StoreError> {
-        query(&mut self.store, op)
+        match op {
+            ReadOp::Checksum => Ok(ReadOutcome::Checksum {
+                checksum: self.checksum()?,
+                applied_index: self.store.applied_index()?,
+            }),
+            _ => query(&mut self.store, op),
+        }
     }
 
     /// Runs `f`, which applies several entries, as one group of commits: durable together
@@ -374,16 +412,18 @@ impl<S: Store> StateMachine<S> {
         f: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
         self.store.begin_group()?;
-        match f(self) {
-            Ok(value) => {
-                self.store.end_group(true)?;
-                Ok(value)
-            }
-            Err(e) => {
-                // The error that ended the group is the one to report.
-                let _ = self.store.end_group(false);
-                Err(e)
-            }
+        let result = f(self);
+        let ended = self.store.end_group(result.is_ok());
+        if result.is_err() || ended.is_err() {
+            // What stayed of the group depends on the store (a memory store keeps it all):
+            // recompute the checksum when next needed rather than guess.
+            self.checksum = None;
+        }
+        match (result, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) => Err(e.into()),
+            // The error that ended the group is the one to report.
+            (Err(e), _) => Err(e),
         }
     }
 }
@@ -398,6 +438,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn ride(&mut self, id: RideId) -> Result<Option<Ride>, StoreError> {
         (**self).ride(id)
+    }
+    fn password_hash(&mut self, username: &Username) -> Result<Option<String>, StoreError> {
+        (**self).password_hash(username)
+    }
+    fn rides_of(&mut self, username: &Username) -> Result<Vec<RideId>, StoreError> {
+        (**self).rides_of(username)
     }
     fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError> {
         (**self).riders(id)

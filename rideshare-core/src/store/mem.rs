@@ -86,6 +86,23 @@ impl Store for MemStore {
         Ok(self.rides.get(&id).map(|(r, _)| r.clone()))
     }
 
+    fn password_hash(&mut self, username: &Username) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .user_seq
+            .get(username)
+            .and_then(|seq| self.users.get(seq))
+            .map(|(_, hash)| hash.clone()))
+    }
+
+    fn rides_of(&mut self, username: &Username) -> Result<Vec<RideId>, StoreError> {
+        Ok(self
+            .rides
+            .values()
+            .filter(|(ride, riders)| ride.created_by == *username || riders.contains(username))
+            .map(|(ride, _)| ride.id)
+            .collect())
+    }
+
     fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError> {
         Ok(self
             .rides

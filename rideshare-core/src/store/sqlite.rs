@@ -241,6 +241,33 @@ impl Store for SqliteStore {
         row.map(row_to_ride).transpose()
     }
 
+    fn password_hash(&mut self, username: &Username) -> Result<Option<String>, StoreError> {
+        users::table
+            .filter(users::username.eq(username.as_str()))
+            .select(users::password_hash)
+            .first(&mut self.conn)
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn rides_of(&mut self, username: &Username) -> Result<Vec<RideId>, StoreError> {
+        let name = username.as_str();
+        let mut ids: Vec<i64> = rides::table
+            .filter(rides::created_by.eq(name))
+            .select(rides::id)
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        let joined: Vec<i64> = riders::table
+            .filter(riders::username.eq(name))
+            .select(riders::ride_id)
+            .load(&mut self.conn)
+            .map_err(db_err)?;
+        ids.extend(joined);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|id| Ok(RideId(to_u64(id)?))).collect()
+    }
+
     fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError> {
         let Ok(id) = i64::try_from(id.0) else {
             return Ok(vec![]);

@@ -1,0 +1,238 @@
+//! The worker: one program that is a slave or the master, with its own copy of the database.
+//!
+//! Every worker follows the log (the tailer) and applies it in order to its store. A slave serves
+//! reads from the read queue, waiting (bounded) until it has applied the index a read asks for.
+//! When the master's node disappears, the worker the election picks takes the `/rideshare/master`
+//! node, draws a new epoch from the coordinator, appends its epoch marker and, once its tailer
+//! has applied the marker (so it holds everything before it), consumes the write queue: it
+//! appends each write stamped with its epoch and answers only after its tailer applied it.
+//!
+//! Fencing: entries of an older epoch after a newer marker are skipped by every replica, and a
+//! master that sees a newer marker (or loses its session) stops and never acknowledges again.
+//! A worker must not serve reads before it has caught up with the log as it was at its start.
+//!
+//! One job per module: `store` owns the store and the replica core on a thread of its own,
+//! `tail` follows the log into it and wakes waiters, `serve` answers the queues, and
+//! `membership` is everything said to the coordinator (member node, election, master node).
+//!
+//! The synchronisation left, and why each is needed:
+//! - the store thread's bounded command channel, with a oneshot per answer: the one way to the
+//!   store, so it has one owner, is never locked, and never blocks the executor;
+//! - a `watch` of the replica's `Position` (applied index and epoch, moved together once a
+//!   group is durable): reads wait for their `min_index`, the promotion for its marker, the
+//!   publishers for changes, each without polling;
+//! - a `parking_lot` mutex over this master's pending writes (`tail::Waiters`): write
+//!   handlers register, the tailer resolves, and registration is refused once deposed; it is
+//!   never held across an await;
+//! - an async mutex over the member record: every change (role, catch-up, progress, state) is
+//!   a read-modify-write of one coordinator node, so concurrent ones must not undo each other,
+//!   and it is held across the coordinator write;
+//! - `WorkerConfig::ready`, an atomic flag: the worker's `/ready`, read by its HTTP server.
+//!
+//! Gone: the store's mutex (the thread owns it), the epoch and master-epoch atomics (in the
+//! `watch`, and handed from the election to the write server), and the deposition `watch` (the
+//! tailer ends with `NotMaster`, which ends the worker, and closes the pending writes).
+
+mod membership;
+mod serve;
+mod store;
+mod tail;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rideshare_core::machine::Store;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::Broker;
+use crate::coord::{Coordinator, Session};
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::protocol::{CatchUp, MemberRecord, Role, READ_QUEUE, WRITE_QUEUE};
+use store::StoreHandle;
+
+pub use membership::read_members;
+
+/// A worker's settings. Every wait has a bound.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub pid: u32,
+    /// Unacked reads one slave holds at most.
+    pub read_prefetch: u16,
+    /// Unacked writes the master holds at most (its pipelining depth).
+    pub write_prefetch: u16,
+    /// How long a read waits for its `min_index` before answering `Behind`.
+    pub read_wait: Duration,
+    /// How long the master waits to see its own append applied before giving up on it.
+    pub write_wait: Duration,
+    /// Bound on catching up with the log at start.
+    pub catch_up_wait: Duration,
+    /// Log entries applied in one commit group at most: those already waiting when one arrives
+    /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
+    /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
+    pub apply_group: usize,
+    /// Turned on once the worker has caught up with the log and serves (its `/ready`).
+    pub ready: Arc<AtomicBool>,
+    /// Where this worker serves `/health`, `/ready` and `/metrics`, published in its member
+    /// record; `None` when it serves none.
+    pub http: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn new(id: impl Into<String>, pid: u32) -> Self {
+        WorkerConfig {
+            id: id.into(),
+            pid,
+            read_prefetch: 32,
+            write_prefetch: 64,
+            read_wait: Duration::from_secs(2),
+            write_wait: Duration::from_secs(5),
+            catch_up_wait: Duration::from_secs(300),
+            apply_group: 256,
+            ready: Arc::default(),
+            http: None,
+        }
+    }
+}
+
+/// The engines a worker talks to.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub broker: Arc<dyn Broker>,
+    pub log: Arc<dyn Log>,
+    pub coordinator: Arc<dyn Coordinator>,
+}
+
+/// How far the replica got: its applied index and the newest epoch marker applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Position {
+    index: u64,
+    epoch: u64,
+}
+
+/// State shared by a worker's tasks.
+struct Shared {
+    config: WorkerConfig,
+    store: StoreHandle,
+    /// Moved by the tailer once each commit group is durable.
+    position: watch::Sender<Position>,
+    waiters: tail::Waiters,
+    /// This worker's member record as last written to its node; every change goes through
+    /// this lock, so concurrent updates (role, state) do not undo each other.
+    member: tokio::sync::Mutex<MemberRecord>,
+}
+
+impl Shared {
+    async fn wait_applied(&self, index: u64, bound: Duration) -> bool {
+        let mut position = self.position.subscribe();
+        tokio::time::timeout(bound, position.wait_for(|p| p.index >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Runs a worker until it must stop: its session ended, it was deposed, or an engine failed.
+/// It never returns `Ok` on its own; the caller (a runtime) treats any return as the worker's
+/// death, and the orchestrator replaces it.
+#[tracing::instrument(name = "worker", skip_all, fields(worker = %config.id, pid = config.pid))]
+pub async fn run_worker(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    store: Box<dyn Store>,
+) -> Result<()> {
+    let (store, start_index) = StoreHandle::spawn(store, &config.id).await?;
+    let member = MemberRecord {
+        id: config.id.clone(),
+        pid: config.pid,
+        role: Role::Slave,
+        catch_up: None,
+        state: None,
+        progress: None,
+        http: config.http.clone(),
+    };
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        position: watch::channel(Position {
+            index: start_index,
+            epoch: 0,
+        })
+        .0,
+        waiters: tail::Waiters::default(),
+        member: tokio::sync::Mutex::new(member),
+    });
+    let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
+    deps.broker.declare(READ_QUEUE).await?;
+    deps.broker.declare(WRITE_QUEUE).await?;
+
+    let mut tasks = JoinSet::new();
+    let log = Arc::clone(&deps.log);
+    tasks.spawn(tail::tail(Arc::clone(&shared), log, start_index));
+    let member_path = membership::register(&shared, session.as_ref()).await?;
+    tasks.spawn(membership::publish_progress(
+        Arc::clone(&shared),
+        Arc::clone(&session),
+        member_path.clone(),
+    ));
+    catch_up(&shared, &deps, session.as_ref(), &member_path, start_index).await?;
+    tasks.spawn(membership::publish_state(
+        Arc::clone(&shared),
+        Arc::clone(&session),
+        member_path.clone(),
+    ));
+
+    let roles = serve::serve_roles(shared, deps, Arc::clone(&session), member_path);
+    tokio::select! {
+        result = roles => result,
+        _ = session.lost() => Err(Error::SessionExpired),
+        ended = tasks.join_next() => match ended {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(Error::LogUnavailable("log reader ended".into())),
+        },
+    }
+}
+
+/// Waits (bounded) until the replica has applied the log as it was at its start, records how
+/// long that took in the member node, and turns `ready` on.
+async fn catch_up(
+    shared: &Shared,
+    deps: &WorkerDeps,
+    session: &dyn Session,
+    member_path: &str,
+    start_index: u64,
+) -> Result<()> {
+    let started = Instant::now();
+    let config = &shared.config;
+    let end = deps.log.end().await?;
+    tokio::select! {
+        caught_up = shared.wait_applied(end, config.catch_up_wait) => {
+            if !caught_up {
+                return Err(Error::Timeout("catch-up", duration_ms(config.catch_up_wait)));
+            }
+        }
+        _ = session.lost() => return Err(Error::SessionExpired),
+    }
+    let catch_up = CatchUp {
+        entries: end.saturating_sub(start_index),
+        ms: duration_ms(started.elapsed()),
+    };
+    tracing::info!(
+        index = end,
+        entries = catch_up.entries,
+        ms = catch_up.ms,
+        "caught up with the log"
+    );
+    shared
+        .update_member(session, member_path, |m| m.catch_up = Some(catch_up))
+        .await?;
+    config.ready.store(true, Ordering::SeqCst);
+    metrics::gauge!("rideshare_worker_caught_up", "worker" => config.id.clone()).set(1.0);
+    Ok(())
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

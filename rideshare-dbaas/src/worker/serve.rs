@@ -1,0 +1,224 @@
+//! Serving: a slave answers reads from the read queue until it is elected, then as master it
+//! answers writes from the write queue. Every request is acked only after its reply is out.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::{membership, tail, Shared, WorkerDeps};
+use crate::broker::{Broker, Delivery, Message};
+use crate::coord::Session;
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::protocol::{
+    decode_versioned, encode, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role, WriteRequest,
+    READ_QUEUE, VERSION, WRITE_QUEUE,
+};
+
+/// Serves as a slave until elected, then as master until something ends it.
+pub(super) async fn serve_roles(
+    shared: Arc<Shared>,
+    deps: WorkerDeps,
+    session: Arc<dyn Session>,
+    member_path: String,
+) -> Result<()> {
+    let mut reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
+    let _abort_reads = AbortOnDrop(reads.abort_handle());
+    let epoch = tokio::select! {
+        elected = membership::elect_self(&shared, &deps, session.as_ref()) => elected?,
+        // A slave whose read consumer is gone (broker restarted) is of no use: stop, and be
+        // replaced by a fresh worker that subscribes again.
+        served = &mut reads => {
+            return match served {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::QueueClosed(READ_QUEUE.into())),
+            };
+        }
+    };
+    reads.abort();
+    shared
+        .update_member(session.as_ref(), &member_path, |m| m.role = Role::Master)
+        .await?;
+    metrics::gauge!("rideshare_worker_is_master", "worker" => shared.config.id.clone()).set(1.0);
+    serve_writes(shared, deps, session, epoch).await
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn reply(broker: &dyn Broker, delivery: &Delivery, reply: &Reply) {
+    let Some(reply_to) = delivery.message.reply_to.as_deref() else {
+        return;
+    };
+    let message = Message {
+        body: encode(reply),
+        correlation_id: delivery.message.correlation_id.clone(),
+        reply_to: None,
+    };
+    if let Err(e) = broker.publish(reply_to, message).await {
+        tracing::warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// A slave's read server: answers reads once it has applied their `min_index`.
+#[tracing::instrument(name = "serve_reads", skip_all, fields(worker = %shared.config.id))]
+async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()> {
+    let mut consumer = broker
+        .consume(READ_QUEUE, shared.config.read_prefetch)
+        .await?;
+    let mut handlers = JoinSet::new();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        while handlers.try_join_next().is_some() {}
+        let shared = Arc::clone(&shared);
+        let broker = Arc::clone(&broker);
+        handlers.spawn(async move {
+            let answer = match decode_versioned::<ReadRequest>(&delivery.message.body) {
+                Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
+                Ok(request) => handle_read(&shared, request).await,
+            };
+            reply(broker.as_ref(), &delivery, &answer).await;
+            let _ = delivery.ack().await;
+        });
+    }
+    Err(Error::QueueClosed(READ_QUEUE.into()))
+}
+
+/// What a reply was, for log lines.
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Written { .. } => "written",
+        Reply::Read { .. } => "read",
+        Reply::Refused { refusal, .. } => match refusal {
+            Refusal::NotMaster => "not_master",
+            Refusal::Behind => "behind",
+            Refusal::Unavailable => "unavailable",
+            Refusal::BadRequest => "bad_request",
+        },
+    }
+}
+
+/// Answers one read once the replica has applied its `min_index` (bounded). Its span carries
+/// the HTTP request id, so the worker's lines can be found with the gateway's, the service's
+/// and the orchestrator's.
+#[tracing::instrument(
+    name = "db",
+    skip_all,
+    fields(request_id = request.trace.as_deref().unwrap_or_default(), worker = %shared.config.id),
+)]
+async fn handle_read(shared: &Shared, request: ReadRequest) -> Reply {
+    let answer = if !shared
+        .wait_applied(request.min_index, shared.config.read_wait)
+        .await
+    {
+        Reply::refused(
+            Refusal::Behind,
+            format!("index {} not applied in time", request.min_index),
+        )
+    } else {
+        match shared.store.read(request.op).await {
+            Ok((applied_index, outcome)) => Reply::Read {
+                v: VERSION,
+                applied_index,
+                worker: shared.config.id.clone(),
+                outcome,
+            },
+            Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
+        }
+    };
+    tracing::debug!(reply = reply_kind(&answer), "read answered");
+    answer
+}
+
+/// The master's write server: append, wait until applied, answer, ack.
+#[tracing::instrument(name = "serve_writes", skip_all, fields(worker = %shared.config.id, epoch = epoch))]
+async fn serve_writes(
+    shared: Arc<Shared>,
+    deps: WorkerDeps,
+    session: Arc<dyn Session>,
+    epoch: u64,
+) -> Result<()> {
+    // Newer epochs consume at higher priority: a frozen older master's subscription gets no
+    // new writes while this one has room.
+    let priority = i32::try_from(epoch).unwrap_or(i32::MAX);
+    let mut consumer = deps
+        .broker
+        .consume_prioritized(WRITE_QUEUE, shared.config.write_prefetch, priority)
+        .await?;
+    membership::announce_ready(&shared, session.as_ref(), epoch).await?;
+    let mut handlers = JoinSet::new();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        while handlers.try_join_next().is_some() {}
+        let shared = Arc::clone(&shared);
+        let deps = deps.clone();
+        handlers.spawn(async move {
+            let answer = match decode_versioned::<WriteRequest>(&delivery.message.body) {
+                Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
+                Ok(request) => handle_write(&shared, deps.log.as_ref(), request, epoch).await,
+            };
+            reply(deps.broker.as_ref(), &delivery, &answer).await;
+            // Acked after the reply: a crash in between redelivers, and the request id
+            // makes the second application a no-op with the first outcome.
+            let _ = delivery.ack().await;
+        });
+    }
+    Err(Error::QueueClosed(WRITE_QUEUE.into()))
+}
+
+/// Appends one write stamped with this master's epoch and waits (bounded) until it is applied.
+#[tracing::instrument(
+    name = "db",
+    skip_all,
+    fields(request_id = request.trace.as_deref().unwrap_or_default(), worker = %shared.config.id, epoch = epoch),
+)]
+async fn handle_write(shared: &Shared, log: &dyn Log, request: WriteRequest, epoch: u64) -> Reply {
+    let answer = append_and_wait(shared, log, request, epoch).await;
+    tracing::debug!(reply = reply_kind(&answer), "write answered");
+    answer
+}
+
+async fn append_and_wait(
+    shared: &Shared,
+    log: &dyn Log,
+    request: WriteRequest,
+    epoch: u64,
+) -> Reply {
+    let Some(applied) = shared.waiters.register(request.request_id.clone()) else {
+        return Reply::refused(Refusal::NotMaster, "not master");
+    };
+    let request_id = request.request_id.clone();
+    let entry = LogEntry {
+        v: VERSION,
+        epoch,
+        body: EntryBody::Write {
+            request_id: request.request_id,
+            op: request.op,
+        },
+    };
+    if let Err(e) = tail::append(log, &entry).await {
+        shared
+            .waiters
+            .resolve(&request_id, Err(Refusal::Unavailable));
+        return Reply::refused(Refusal::Unavailable, e.to_string());
+    }
+    match tokio::time::timeout(shared.config.write_wait, applied).await {
+        Ok(Ok(Ok((index, outcome)))) => Reply::Written {
+            v: VERSION,
+            index,
+            epoch,
+            worker: shared.config.id.clone(),
+            outcome,
+        },
+        Ok(Ok(Err(refusal))) => Reply::refused(refusal, "write not acknowledged"),
+        Ok(Err(_)) | Err(_) => Reply::refused(
+            Refusal::Unavailable,
+            "write appended but not seen applied in time",
+        ),
+    }
+}

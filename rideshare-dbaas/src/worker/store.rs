@@ -1,0 +1,210 @@
+//! The store owner: one dedicated thread owns the replica's store and its replica core, and
+//! does every store call (commit groups, reads, digests) in the order the commands arrive, so
+//! the async tasks never block the executor on SQLite and never lock the store.
+//!
+//! Commands come over a bounded channel (a slow store holds its callers back instead of
+//! queueing without end); each carries a oneshot for its answer. The thread ends when the last
+//! handle is dropped, after the commands already sent.
+
+use rideshare_core::machine::{StateMachine, Store};
+use rideshare_core::ops::{ReadOp, ReadOutcome};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::log::Record;
+use crate::protocol::StateDigest;
+use crate::replica::{Effect, ReplicaCore, Skip, Step};
+
+/// Commands waiting for the store at most: reads (a slave's prefetch), one commit group, a
+/// digest, a promotion.
+const COMMANDS: usize = 64;
+
+type Answer<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Apply(Vec<Record>, Answer<Group>),
+    Read(ReadOp, Answer<(u64, ReadOutcome)>),
+    Digest(Answer<StateDigest>),
+    Promote(u64, Answer<()>),
+}
+
+/// What applying one commit group did, told once it is durable.
+pub(super) struct Group {
+    /// The index of the group's last record: the replica's applied index now.
+    pub last: u64,
+    /// The newest epoch marker applied.
+    pub epoch: u64,
+    /// What to tell waiters, in log order.
+    pub effects: Vec<Effect>,
+}
+
+/// The async side's way to the store thread; cheap to share behind the worker's `Arc`.
+pub(super) struct StoreHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl StoreHandle {
+    /// Starts the store thread; returns the handle and the store's applied index.
+    pub async fn spawn(store: Box<dyn Store>, worker: &str) -> Result<(Self, u64)> {
+        let (commands, received) = mpsc::channel(COMMANDS);
+        let (started, start) = oneshot::channel();
+        // The thread's log lines (skipped entries) carry the worker like its tasks' do.
+        let span = tracing::info_span!("store", worker = %worker);
+        std::thread::Builder::new()
+            .name(format!("store-{worker}"))
+            .spawn(move || {
+                let _entered = span.entered();
+                let mut owner = Owner {
+                    machine: StateMachine::new(store),
+                    core: ReplicaCore::default(),
+                };
+                let _ = started.send(owner.machine.applied_index().map_err(Error::from));
+                owner.run(received);
+            })
+            .map_err(|e| Error::adapter("starting the store thread", e))?;
+        let start_index = wait(start).await?;
+        Ok((StoreHandle { commands }, start_index))
+    }
+
+    /// Applies records in order as one commit group.
+    pub async fn apply(&self, records: Vec<Record>) -> Result<Group> {
+        self.call(|answer| Command::Apply(records, answer)).await
+    }
+
+    /// Answers a read with the applied index it was answered at.
+    pub async fn read(&self, op: ReadOp) -> Result<(u64, ReadOutcome)> {
+        self.call(|answer| Command::Read(op, answer)).await
+    }
+
+    /// The applied index and the checksum of the data there, read together.
+    pub async fn digest(&self) -> Result<StateDigest> {
+        self.call(Command::Digest).await
+    }
+
+    /// From the next record on, writes of `epoch` are this master's own. Sent before its
+    /// marker is appended, so it is in force before any record of that epoch is applied.
+    pub async fn promote(&self, epoch: u64) -> Result<()> {
+        self.call(|answer| Command::Promote(epoch, answer)).await
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        command: impl FnOnce(Answer<T>) -> Command,
+    ) -> Result<T> {
+        let (answer, answered) = oneshot::channel();
+        self.commands
+            .send(command(answer))
+            .await
+            .map_err(|e| Error::adapter("the store thread ended", e))?;
+        wait(answered).await
+    }
+}
+
+/// Waits for the store thread's answer on tokio's blocking pool rather than awaiting the
+/// oneshot: under a paused test clock (the simulation) tokio moves time on as soon as every
+/// task waits, and a task waiting for another OS thread looks idle, so timers would fire in the
+/// middle of a commit. A blocking-pool task holds the clock while it runs; outside tests it
+/// costs one handoff to a pooled thread per command.
+async fn wait<T: Send + 'static>(answered: oneshot::Receiver<Result<T>>) -> Result<T> {
+    tokio::task::spawn_blocking(move || answered.blocking_recv())
+        .await
+        .map_err(|e| Error::adapter("waiting for the store thread", e))?
+        .map_err(|e| Error::adapter("the store thread ended", e))?
+}
+
+/// What the store thread owns.
+struct Owner {
+    machine: StateMachine<Box<dyn Store>>,
+    core: ReplicaCore,
+}
+
+impl Owner {
+    fn run(&mut self, mut received: mpsc::Receiver<Command>) {
+        while let Some(command) = received.blocking_recv() {
+            // A caller that gave up no longer listens; the work is done all the same.
+            match command {
+                Command::Apply(records, answer) => {
+                    let _ = answer.send(self.apply(records));
+                }
+                Command::Read(op, answer) => {
+                    let _ = answer.send(self.read(&op));
+                }
+                Command::Digest(answer) => {
+                    let _ = answer.send(self.digest());
+                }
+                Command::Promote(epoch, answer) => {
+                    self.core = ReplicaCore::at(self.core.epoch(), epoch);
+                    let _ = answer.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Applies log records in order, in one commit group: the replica's only way to change its
+    /// state. The effects are handed back only once the group is durable.
+    fn apply(&mut self, records: Vec<Record>) -> Result<Group> {
+        let before = self.core;
+        let Owner { machine, core } = self;
+        let mut effects = Vec::new();
+        let applied = machine.grouped(|machine| {
+            for record in &records {
+                apply_record(machine, core, record, &mut effects)?;
+            }
+            Ok::<_, Error>(())
+        });
+        if let Err(e) = applied {
+            // The group was dropped: so are the markers it held.
+            self.core = before;
+            return Err(e);
+        }
+        let last = match records.last() {
+            Some(record) => record.index,
+            None => self.machine.applied_index()?,
+        };
+        Ok(Group {
+            last,
+            epoch: self.core.epoch(),
+            effects,
+        })
+    }
+
+    fn read(&mut self, op: &ReadOp) -> Result<(u64, ReadOutcome)> {
+        let applied_index = self.machine.applied_index().unwrap_or_default();
+        Ok((applied_index, self.machine.read(op)?))
+    }
+
+    fn digest(&mut self) -> Result<StateDigest> {
+        Ok(StateDigest {
+            applied_index: self.machine.applied_index()?,
+            checksum: self.machine.checksum()?,
+        })
+    }
+}
+
+/// One record, by the replica core's rule (`replica.rs`); the effects wait for the group.
+fn apply_record(
+    machine: &mut StateMachine<Box<dyn Store>>,
+    core: &mut ReplicaCore,
+    record: &Record,
+    effects: &mut Vec<Effect>,
+) -> Result<()> {
+    let (step, marker_effect) = core.step(record);
+    let applied = match &step {
+        Step::Apply {
+            index,
+            request_id,
+            op,
+            ..
+        } => Some(machine.apply(*index, request_id, op)?),
+        Step::Skip { index, why } => {
+            if let Skip::Undecodable(error) = why {
+                tracing::warn!(index, %error, "skipping undecodable log entry");
+            }
+            machine.skip(*index)?;
+            None
+        }
+    };
+    effects.extend(marker_effect);
+    effects.extend(step.answer(applied.as_ref()));
+    Ok(())
+}
