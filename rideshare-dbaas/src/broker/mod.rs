@@ -77,6 +77,12 @@ impl Delivery {
 pub trait Consumer: Send {
     /// The next delivery; `None` once the consumer is closed (broker gone, queue deleted).
     async fn next(&mut self) -> Option<Result<Delivery>>;
+
+    /// Closes the subscription and returns once the broker has taken it back: what it held
+    /// unacked is requeued, and a message published afterwards cannot go to it. Dropping does
+    /// the same without waiting (a message published right after a drop may still reach the
+    /// closing subscription and come back marked redelivered).
+    async fn close(self: Box<Self>) {}
 }
 
 /// Queues on a message broker.

@@ -367,7 +367,7 @@ async fn acked_messages_are_not_redelivered<B: Broker>(broker: B) -> CaseResult 
     let d = recv(&mut first, "first delivery").await?;
     ack(&d).await?;
     drop(d);
-    drop(first);
+    first.close().await;
 
     publish(&broker, &queue, "fresh").await?;
     let mut second = consume(&broker, &queue, 1).await?;

@@ -89,7 +89,7 @@ impl Broker for RabbitBroker {
             link: Arc::clone(&self.link),
             queue: queue.to_owned(),
             consumer: Some(consumer),
-            _channel: channel,
+            channel,
         }))
     }
 }
@@ -100,12 +100,16 @@ struct RabbitConsumer {
     queue: String,
     /// `None` once it ended: it never yields again.
     consumer: Option<lapin::Consumer>,
-    _channel: ChannelGuard,
+    channel: ChannelGuard,
 }
 
 #[async_trait]
 impl Consumer for RabbitConsumer {
     /// Cancel-safe: lapin buffers deliveries until they are taken.
+    async fn close(self: Box<Self>) {
+        self.channel.close().await;
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery>> {
         let consumer = self.consumer.as_mut()?;
         match consumer.next().await {

@@ -225,6 +225,15 @@ impl ChannelGuard {
         self.channel.as_ref()
     }
 
+    /// Closes the channel and waits for the broker's answer (bounded by `OP_TIMEOUT`).
+    pub(super) async fn close(mut self) {
+        let consumers = std::mem::take(&mut self.consumers);
+        if let Some(channel) = self.channel.take() {
+            close_channel(channel).await;
+        }
+        drop(consumers);
+    }
+
     /// Keeps `consumer` from being cancelled on its own before the channel closes.
     pub(super) fn keep(&mut self, consumer: &lapin::Consumer) {
         self.consumers.push(consumer.clone());
@@ -244,12 +253,19 @@ impl Drop for ChannelGuard {
         // runtime (dropped after shutdown) the connection is going away as well.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let closing = channel.close(REPLY_SUCCESS, ShortString::from("consumer dropped"));
-                if let Ok(Err(e)) = tokio::time::timeout(OP_TIMEOUT, closing).await {
-                    tracing::debug!(error = %e, "closing a consumer channel failed");
-                }
+                close_channel(channel).await;
                 drop(consumers);
             });
         }
+    }
+}
+
+async fn close_channel(channel: Channel) {
+    if !channel.status().connected() {
+        return;
+    }
+    let closing = channel.close(REPLY_SUCCESS, ShortString::from("consumer closed"));
+    if let Ok(Err(e)) = tokio::time::timeout(OP_TIMEOUT, closing).await {
+        tracing::debug!(error = %e, "closing a consumer channel failed");
     }
 }
