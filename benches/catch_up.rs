@@ -16,12 +16,10 @@ use rideshare_core::ops::RequestId;
 use rideshare_core::store::SqliteStore;
 use rideshare_dbaas::broker::mem::MemBroker;
 use rideshare_dbaas::coord::mem::MemCoordinator;
-use rideshare_dbaas::coord::Coordinator;
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
-use rideshare_dbaas::protocol::{
-    decode, encode, CatchUp, EntryBody, LogEntry, MemberRecord, VERSION, WORKERS,
-};
+use rideshare_dbaas::protocol::{encode, CatchUp, EntryBody, LogEntry, VERSION};
+use rideshare_dbaas::registry::Registry;
 use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
 use workload::workload;
 
@@ -69,21 +67,14 @@ async fn catch_up(group: usize, log: MemLog) -> CatchUp {
     let mut config = WorkerConfig::new("bench-worker", 1);
     config.apply_group = group;
     let worker = tokio::spawn(run_worker(config, deps, Box::new(store)));
-    let session = coordinator
-        .connect()
+    let registry = Registry::connect(coordinator.as_ref())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let reported = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
-            for child in session.children(WORKERS).await.unwrap_or_default() {
-                if let Ok(Some((data, _))) = session.get(&format!("{WORKERS}/{child}")).await {
-                    if let Ok(MemberRecord {
-                        catch_up: Some(c), ..
-                    }) = decode::<MemberRecord>(&data)
-                    {
-                        return c;
-                    }
-                }
+            let members = registry.members().await.unwrap_or_default();
+            if let Some(c) = members.iter().find_map(|m| m.record.catch_up) {
+                return c;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

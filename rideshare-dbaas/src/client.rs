@@ -9,26 +9,20 @@ use async_trait::async_trait;
 use rideshare_core::api::AdminToken;
 use rideshare_core::db::{Db, DbError};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
-use serde::Deserialize;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::orchestrator::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
+use crate::retry::RetryPolicy;
 
 #[derive(Clone)]
 pub struct OrchestratorDb {
     base_url: String,
     http: reqwest::Client,
     admin: AdminToken,
-    attempts: u32,
-    retry_pause: Duration,
-}
-
-#[derive(Deserialize)]
-struct WriteAnswer {
-    outcome: WriteOutcome,
-}
-
-#[derive(Deserialize)]
-struct ReadAnswer {
-    outcome: ReadOutcome,
+    /// Tries per call, and the pause between them: a failed try is an unreachable
+    /// orchestrator or a 5xx answer; a refusal (4xx) or an unreadable answer is final.
+    retry: RetryPolicy,
 }
 
 impl OrchestratorDb {
@@ -42,68 +36,74 @@ impl OrchestratorDb {
                 .build()
                 .unwrap_or_default(),
             admin,
-            attempts: 3,
-            retry_pause: Duration::from_millis(200),
+            retry: RetryPolicy::fixed(3, Duration::from_millis(200)),
         }
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(
+    async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: &B,
     ) -> Result<T, DbError> {
         let url = format!("{}{path}", self.base_url);
-        let mut last = DbError::Unavailable("no attempt made".into());
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.retry_pause).await;
-            }
-            let mut request =
-                rideshare_core::api::observe::propagate(self.http.post(&url)).json(&body);
-            if let Some(authorization) = self.admin.authorization() {
-                request = request.header(reqwest::header::AUTHORIZATION, authorization);
-            }
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = DbError::Unavailable(format!("orchestrator unreachable: {e}"));
-                    continue;
-                }
-            };
-            let status = response.status();
-            if status.is_success() {
-                return response
-                    .json::<T>()
-                    .await
-                    .map_err(|e| DbError::Protocol(e.to_string()));
-            }
-            let text = response.text().await.unwrap_or_default();
-            if status.is_client_error() {
-                return Err(DbError::Protocol(format!(
-                    "orchestrator refused: {status} {text}"
-                )));
-            }
-            last = DbError::Unavailable(format!("orchestrator answered {status}: {text}"));
+        self.retry
+            .run(
+                || self.post_once(&url, body),
+                |e| matches!(e, DbError::Unavailable(_)),
+            )
+            .await
+    }
+
+    async fn post_once<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &B,
+    ) -> Result<T, DbError> {
+        let mut request = rideshare_core::api::observe::propagate(self.http.post(url)).json(body);
+        if let Some(authorization) = self.admin.authorization() {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
-        Err(last)
+        let response = request
+            .send()
+            .await
+            .map_err(|e| DbError::Unavailable(format!("orchestrator unreachable: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| DbError::Protocol(e.to_string()));
+        }
+        let text = response.text().await.unwrap_or_default();
+        if status.is_client_error() {
+            return Err(DbError::Protocol(format!(
+                "orchestrator refused: {status} {text}"
+            )));
+        }
+        Err(DbError::Unavailable(format!(
+            "orchestrator answered {status}: {text}"
+        )))
     }
 }
 
 #[async_trait]
 impl Db for OrchestratorDb {
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, DbError> {
-        let request_id = RequestId::random();
-        let answer: WriteAnswer = self
-            .post(
-                "/api/v1/db/write",
-                json!({"request_id": request_id, "op": op}),
-            )
-            .await?;
-        Ok(answer.outcome)
+        // One id for every try: a retry after a lost answer is applied once.
+        let body = WriteRequest {
+            op,
+            request_id: Some(RequestId::random().0),
+        };
+        let ack: WriteAck = self.post("/api/v1/db/write", &body).await?;
+        Ok(ack.outcome)
     }
 
     async fn read(&self, op: ReadOp) -> Result<ReadOutcome, DbError> {
-        let answer: ReadAnswer = self.post("/api/v1/db/read", json!({"op": op})).await?;
+        let body = ReadRequest {
+            op,
+            consistency: None,
+        };
+        let answer: ReadAnswer = self.post("/api/v1/db/read", &body).await?;
         Ok(answer.outcome)
     }
 }

@@ -4,6 +4,7 @@
 //!   [`broker::Broker`], [`log::Log`], [`coord::Coordinator`], [`runtime::Runtime`].
 //! - [`protocol`]: the messages on the queues and in the log.
 //! - [`policy`]: election and scaling as pure functions.
+//! - [`registry`]: the coordinator's nodes, typed; [`retry`]: the one retry policy.
 //! - [`worker`]: the one worker program (master or slave); [`orchestrator`]: the HTTP front.
 //! - [`conformance`]: the suites every implementation of a trait must pass.
 //!
@@ -20,7 +21,9 @@ pub mod log;
 pub mod orchestrator;
 pub mod policy;
 pub mod protocol;
+pub mod registry;
 pub mod replica;
+pub mod retry;
 pub mod rpc;
 pub mod runtime;
 pub mod worker;

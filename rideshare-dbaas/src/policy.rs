@@ -1,6 +1,11 @@
 //! Decisions as pure functions: who is master, how many slaves, what to start and stop.
 //! The async drivers (worker, orchestrator) only gather inputs and carry out the result.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 /// A live worker as the coordinator shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -106,6 +111,74 @@ pub fn reconcile(
     Plan::default()
 }
 
+/// The running workers without a member node, and since when: what tells a slow start from a
+/// stuck worker. The supervisor shows it what runs and what is registered on every reconcile;
+/// it remembers, and decides, without doing anything itself.
+#[derive(Clone, Debug, Default)]
+pub struct Unregistered {
+    waiting: BTreeMap<String, Waiting>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    /// When it was started, or first seen without a node.
+    since: Instant,
+    /// Started by this orchestrator (not merely found: paused, or its session ended).
+    launched: bool,
+}
+
+/// The unregistered workers sorted by the grace period, for [`reconcile`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unregistering {
+    /// Running, not registered, within the grace period: they count as present.
+    pub starting: usize,
+    /// The part of `starting` this orchestrator started itself.
+    pub launching: usize,
+    /// Past the grace period without a node: to be killed (and, if need be, replaced).
+    pub stuck: Vec<String>,
+}
+
+impl Unregistered {
+    /// This orchestrator started `id` at `now`.
+    pub fn launched(&mut self, id: impl Into<String>, now: Instant) {
+        self.waiting.insert(
+            id.into(),
+            Waiting {
+                since: now,
+                launched: true,
+            },
+        );
+    }
+
+    /// Forgets what no longer runs or has registered, and sorts the others. Grace counts from
+    /// the start, or from when the worker was first seen without a node (paused, or its
+    /// session just expired): it may come back, or exit.
+    pub fn sort(
+        &mut self,
+        running: &[&str],
+        registered: &[&str],
+        now: Instant,
+        grace: Duration,
+    ) -> Unregistering {
+        self.waiting
+            .retain(|id, _| running.contains(&id.as_str()) && !registered.contains(&id.as_str()));
+        let mut sorted = Unregistering::default();
+        for id in running.iter().filter(|id| !registered.contains(id)) {
+            let seen = *self.waiting.entry((*id).to_owned()).or_insert(Waiting {
+                since: now,
+                launched: false,
+            });
+            if now.duration_since(seen.since) < grace {
+                sorted.starting += 1;
+                sorted.launching += usize::from(seen.launched);
+            } else {
+                sorted.stuck.push((*id).to_owned());
+            }
+        }
+        sorted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +267,57 @@ mod tests {
             reconcile(3, &[m("a", 1), m("b", 2)], Some("a"), 0, 0).start,
             2
         );
+    }
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_started_worker_is_starting_until_the_grace_ends_then_stuck() {
+        let t0 = Instant::now();
+        let mut u = Unregistered::default();
+        u.launched("a", t0);
+        let within = u.sort(&["a"], &[], t0 + Duration::from_secs(29), GRACE);
+        assert_eq!(
+            within,
+            Unregistering {
+                starting: 1,
+                launching: 1,
+                stuck: vec![]
+            }
+        );
+        let after = u.sort(&["a"], &[], t0 + GRACE, GRACE);
+        assert_eq!((after.starting, after.stuck), (0, vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn a_worker_found_without_a_node_gets_the_grace_from_when_it_is_first_seen() {
+        let t0 = Instant::now();
+        let mut u = Unregistered::default();
+        // Registered: nothing to wait for.
+        assert_eq!(u.sort(&["a"], &["a"], t0, GRACE), Unregistering::default());
+        // Its node went (paused, or its session expired): found, not launched.
+        let t1 = t0 + Duration::from_secs(100);
+        let found = u.sort(&["a"], &[], t1, GRACE);
+        assert_eq!((found.starting, found.launching), (1, 0));
+        assert!(u
+            .sort(&["a"], &[], t1 + GRACE - Duration::from_millis(1), GRACE)
+            .stuck
+            .is_empty());
+        assert_eq!(u.sort(&["a"], &[], t1 + GRACE, GRACE).stuck, ["a"]);
+    }
+
+    #[test]
+    fn registering_or_exiting_is_forgotten_and_a_new_absence_starts_over() {
+        let t0 = Instant::now();
+        let mut u = Unregistered::default();
+        u.launched("a", t0);
+        u.launched("b", t0);
+        // a registers, b exits.
+        assert_eq!(u.sort(&["a"], &["a"], t0, GRACE), Unregistering::default());
+        // a loses its node long after: a fresh grace, and not as a launch.
+        let later = t0 + Duration::from_secs(60);
+        let sorted = u.sort(&["a"], &[], later, GRACE);
+        assert_eq!((sorted.starting, sorted.launching), (1, 0));
+        assert!(sorted.stuck.is_empty());
     }
 }

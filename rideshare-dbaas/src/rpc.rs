@@ -6,14 +6,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::broker::{Broker, Message};
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
 
@@ -59,7 +61,7 @@ impl RpcClient {
 
     /// Number of calls waiting for a reply.
     pub fn waiting(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.pending.lock().len()
     }
 
     /// Publishes `body` to `queue` and waits at most `timeout` for the reply.
@@ -75,10 +77,7 @@ impl RpcClient {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
+        self.pending.lock().insert(id.clone(), tx);
         // Whatever ends this call (reply, error, timeout, or the caller dropping it), the
         // waiter entry goes with it, so abandoned calls leave nothing behind.
         let _forget = Forget {
@@ -106,12 +105,14 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.pending.lock().remove(&self.id);
     }
 }
+
+/// Pauses before each resubscription of the reply queue: from 50 ms, doubling to 2 s, and
+/// starting over once a subscription has delivered something.
+const RESUBSCRIBE: RetryPolicy =
+    RetryPolicy::doubling(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Hands replies to their callers. When the reply queue's consumer ends (the broker restarted,
 /// the exclusive queue went with the connection), declares the queue again and resubscribes,
@@ -122,28 +123,44 @@ async fn read_replies(
     first: Box<dyn crate::broker::Consumer>,
     pending: Pending,
 ) {
-    let mut consumer = Some(first);
-    let mut backoff = Duration::from_millis(50);
+    forward(first, &pending).await;
     loop {
-        if let Some(mut c) = consumer.take() {
-            while let Some(delivery) = c.next().await {
-                let Ok(delivery) = delivery else { break };
-                backoff = Duration::from_millis(50);
-                let _ = delivery.ack().await;
-                let waiter =
-                    delivery.message.correlation_id.as_ref().and_then(|id| {
-                        pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
-                    });
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(delivery.message.body);
-                }
+        tracing::warn!(queue = %reply_queue, "reply queue consumer ended; resubscribing");
+        // The broker is likely restarting: give it a moment before the first try.
+        tokio::time::sleep(RESUBSCRIBE.pause).await;
+        // One try: subscribe, forward until the consumer ends. A try fails when it could not
+        // subscribe or its consumer delivered nothing, so a broker that keeps refusing is asked
+        // less and less often.
+        let delivered = || async {
+            broker.declare_exclusive(&reply_queue).await?;
+            let consumer = broker.consume(&reply_queue, 256).await?;
+            if forward(consumer, &pending).await {
+                Ok(())
+            } else {
+                Err(Error::QueueClosed(reply_queue.clone()))
             }
-            tracing::warn!(queue = %reply_queue, "reply queue consumer ended; resubscribing");
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-        if broker.declare_exclusive(&reply_queue).await.is_ok() {
-            consumer = broker.consume(&reply_queue, 256).await.ok();
+        };
+        // Unbounded tries: it ends only with a subscription that delivered.
+        let _ = RESUBSCRIBE.run(delivered, |_| true).await;
+    }
+}
+
+/// Hands each reply of `consumer` to its caller until the consumer ends. Answers whether it
+/// delivered anything.
+async fn forward(mut consumer: Box<dyn crate::broker::Consumer>, pending: &Pending) -> bool {
+    let mut delivered = false;
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else { break };
+        delivered = true;
+        let _ = delivery.ack().await;
+        let waiter = delivery
+            .message
+            .correlation_id
+            .as_ref()
+            .and_then(|id| pending.lock().remove(id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(delivery.message.body);
         }
     }
+    delivered
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rideshare_dbaas::orchestrator::status::{ClusterStatus, ShownRole, WorkerState};
+use rideshare_dbaas::orchestrator::api::{ClusterStatus, ShownRole, SwitchoverReport, WorkerState};
 
 /// Bound on one call to the orchestrator (a switchover waits for the hand-over).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -163,16 +163,12 @@ pub async fn crash(args: CrashArgs) -> anyhow::Result<()> {
 /// `rideshare switchover`.
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     let body = args.target.post("/api/v1/switchover").await?;
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    match (
-        answer["old_pid"].as_u64(),
-        answer["new_pid"].as_u64(),
-        answer["duration_ms"].as_u64(),
-    ) {
-        (Some(old), Some(new), Some(ms)) => {
-            println!("switched over from pid {old} to pid {new} in {ms} ms")
-        }
-        _ => println!("{body}"),
+    match serde_json::from_str::<SwitchoverReport>(&body) {
+        Ok(report) => println!(
+            "switched over from pid {} to pid {} in {} ms",
+            report.old_pid, report.new_pid, report.duration_ms
+        ),
+        Err(_) => println!("{body}"),
     }
     Ok(())
 }

@@ -16,7 +16,9 @@
 //! It must not open sockets or read the clock except through tokio's (pausable) timer.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -271,9 +273,9 @@ impl MemBroker {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the maps consistent (every mutation is a single
-        // step on them), so carry on rather than poison every later caller.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // parking_lot does not poison: a panic while holding the lock leaves the maps consistent
+        // (every mutation is a single step on them), so later callers carry on.
+        self.state.lock()
     }
 }
 

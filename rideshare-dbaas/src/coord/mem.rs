@@ -15,7 +15,9 @@
 //! [`MemCoordinator::set_unavailable`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -147,8 +149,9 @@ impl MemCoordinator {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Each operation validates before it mutates, so a panic leaves the tree whole.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // Each operation validates before it mutates, so a panic leaves the tree whole, and
+        // parking_lot does not poison: later callers carry on.
+        self.state.lock()
     }
 }
 

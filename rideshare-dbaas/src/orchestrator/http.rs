@@ -21,35 +21,9 @@ use serde_json::Value;
 use rideshare_core::api::common::health_route;
 use rideshare_core::api::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody};
 
-use super::{dashboard, status, switchover, Orchestrator, ReadAnswer, WriteAck};
+use super::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
+use super::{dashboard, status, switchover, Orchestrator};
 use crate::error::Error;
-
-/// `POST /api/v1/db/write`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct WriteRequest {
-    pub op: WriteOp,
-    /// The client's id for this write, kept across its retries (1..=128 bytes); one is made
-    /// when absent.
-    #[schema(min_length = 1, max_length = 128)]
-    pub request_id: Option<String>,
-}
-
-/// How fresh a read must be.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// Sees every write acknowledged before the read started (the default).
-    Strong,
-    /// Any caught-up replica's state.
-    Stale,
-}
-
-/// `POST /api/v1/db/read`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ReadRequest {
-    pub op: ReadOp,
-    pub consistency: Option<Consistency>,
-}
 
 /// The orchestrator's OpenAPI document.
 #[derive(utoipa::OpenApi)]

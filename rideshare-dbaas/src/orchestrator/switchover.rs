@@ -24,10 +24,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use rideshare_core::api::common::ApiError;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::status::{worker_views, ShownRole, WorkerState};
+pub use super::api::SwitchoverReport;
+use super::api::{MemberInfo, ShownRole, WorkerState};
+use super::telemetry::ms;
+use super::views::worker_views;
 use super::Orchestrator;
 use crate::error::Error;
 use crate::policy::{elect, Member};
@@ -40,20 +42,6 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// How often the coordinator is looked at while waiting.
 const POLL: Duration = Duration::from_millis(20);
-
-/// What a switchover did.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SwitchoverReport {
-    pub old_pid: u32,
-    pub new_pid: u32,
-    pub epoch: u64,
-    /// The last acknowledged index when writes were held: the successor had applied it.
-    pub handed_over_at_index: u64,
-    /// How long new writes were held at the gate.
-    pub paused_ms: u64,
-    /// From the request to the new master ready.
-    pub duration_ms: u64,
-}
 
 /// Why a switchover was not done.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +56,6 @@ pub enum SwitchoverError {
     Failed(String),
     #[error(transparent)]
     Cluster(#[from] Error),
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Orchestrator {
@@ -89,14 +73,12 @@ impl Orchestrator {
             successor_pid = successor.pid,
             "switchover: holding new writes"
         );
-        let gate = tokio::time::timeout(DRAIN_WAIT, self.write_gate.write())
-            .await
-            .map_err(|_| {
-                SwitchoverError::Failed(format!(
-                    "writes in flight did not finish within {} ms",
-                    ms(DRAIN_WAIT)
-                ))
-            })?;
+        let gate = self.front.hold_writes(DRAIN_WAIT).await.ok_or_else(|| {
+            SwitchoverError::Failed(format!(
+                "writes in flight did not finish within {} ms",
+                ms(DRAIN_WAIT)
+            ))
+        })?;
         let paused = Instant::now();
         let result = self.hand_over(&master, &successor).await;
         drop(gate);
@@ -131,12 +113,13 @@ impl Orchestrator {
 
     /// The ready master and the serving slave the election picks without it.
     async fn successor(&self) -> std::result::Result<(Member, Member), SwitchoverError> {
-        let master = match self.master().await? {
+        let registry = self.registry.get();
+        let master = match registry.master().await? {
             Some(m) if m.ready => m,
             _ => return Err(SwitchoverError::NoMaster),
         };
-        let running = self.deps.runtime.list().await?;
-        let members = self.members().await?;
+        let running = self.runtime.list().await?;
+        let members = registry.members().await?;
         let views = worker_views(
             &running,
             &members,
@@ -149,10 +132,7 @@ impl Orchestrator {
             .iter()
             .filter(|m| m.record.id != master.id)
             .filter(|m| running.iter().any(|w| w.id == m.record.id))
-            .map(|m| Member {
-                id: m.record.id.clone(),
-                pid: m.record.pid,
-            })
+            .map(MemberInfo::member)
             .collect();
         let successor = elect(&others, None)
             .cloned()
@@ -183,16 +163,31 @@ impl Orchestrator {
         successor: &Member,
     ) -> std::result::Result<(u64, u64), SwitchoverError> {
         let index = self.acked_index();
+        self.wait_applied(successor, index).await?;
+        tracing::info!(pid = master.pid, index, "switchover: the master steps down");
+        self.supervisor.kill_worker(&master.id).await?;
+        self.telemetry.master_lost(&master.id);
+        metrics::counter!("rideshare_worker_kills_total", "reason" => "switchover").increment(1);
+        let epoch = self.wait_elected(successor).await?;
+        Ok((epoch, index))
+    }
+
+    /// Waits (bounded) until the successor's member node shows `index` applied.
+    async fn wait_applied(
+        &self,
+        successor: &Member,
+        index: u64,
+    ) -> std::result::Result<(), SwitchoverError> {
         let deadline = Instant::now() + CATCH_UP_WAIT;
         loop {
             let applied = self
-                .members()
+                .registry
+                .get()
+                .member(&successor.id)
                 .await?
-                .into_iter()
-                .find(|m| m.record.id == successor.id)
                 .and_then(|m| m.record.progress.map(|p| p.applied_index));
             match applied {
-                Some(applied) if applied >= index => break,
+                Some(applied) if applied >= index => return Ok(()),
                 None => {
                     return Err(SwitchoverError::NoSuccessor(format!(
                         "pid {} is gone",
@@ -209,14 +204,14 @@ impl Orchestrator {
                 _ => tokio::time::sleep(POLL).await,
             }
         }
-        tracing::info!(pid = master.pid, index, "switchover: the master steps down");
-        self.kill_worker(&master.id).await?;
-        self.telemetry.master_lost(&master.id);
-        metrics::counter!("rideshare_worker_kills_total", "reason" => "switchover").increment(1);
+    }
+
+    /// Waits (bounded) until the successor is the master, ready for writes; answers its epoch.
+    async fn wait_elected(&self, successor: &Member) -> std::result::Result<u64, SwitchoverError> {
         let deadline = Instant::now() + ELECTION_WAIT;
         loop {
-            match self.master().await? {
-                Some(m) if m.ready && m.id == successor.id => return Ok((m.epoch, index)),
+            match self.registry.get().master().await? {
+                Some(m) if m.ready && m.id == successor.id => return Ok(m.epoch),
                 Some(m) if m.ready => {
                     return Err(SwitchoverError::Failed(format!(
                         "pid {} won the election instead of pid {}",

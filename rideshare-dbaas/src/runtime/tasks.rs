@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -44,7 +46,7 @@ impl TaskRuntime {
 
     /// Aborts every worker (shutdown).
     pub fn kill_all(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self.running.lock();
         for (_, r) in std::mem::take(&mut *running) {
             r.task.abort();
         }
@@ -64,13 +66,10 @@ impl Runtime for TaskRuntime {
         let id = handle.id.clone();
         // Hold the lock while spawning so the task cannot finish (and unregister) before it is
         // registered.
-        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.running.lock();
         let task = tokio::spawn(async move {
             life.await;
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            running.lock().remove(&id);
         });
         guard.insert(
             handle.id.clone(),
@@ -83,11 +82,7 @@ impl Runtime for TaskRuntime {
     }
 
     async fn kill(&self, id: &str) -> Result<()> {
-        let removed = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        let removed = self.running.lock().remove(id);
         match removed {
             Some(r) => {
                 r.task.abort();
@@ -98,7 +93,7 @@ impl Runtime for TaskRuntime {
     }
 
     async fn list(&self) -> Result<Vec<WorkerHandle>> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.running.lock();
         let mut list: Vec<WorkerHandle> = running
             .iter()
             .map(|(id, r)| WorkerHandle {

@@ -1,0 +1,219 @@
+//! The front door: puts each write on the write queue and each read on the read queue, waits
+//! for the worker's reply, and tries again (same request id) through a failover. It keeps the
+//! acknowledged index, which a strong read asks its slave to have applied.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rideshare_core::api::observe::current_request_id;
+use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+use tokio::sync::{watch, RwLock, RwLockWriteGuard};
+
+use super::api::{ReadAnswer, WriteAck};
+use super::OrchestratorConfig;
+use crate::error::{Error, Result};
+use crate::protocol::{
+    decode_versioned, encode, ReadRequest, Refusal, Reply, WriteRequest, READ_QUEUE, VERSION,
+    WRITE_QUEUE,
+};
+use crate::retry::RetryPolicy;
+use crate::rpc::RpcClient;
+
+/// Immediate resends of one write on master changes, at most (a failover changes the master
+/// node two or three times).
+const MAX_REPUBLISH: u32 = 8;
+
+pub(super) struct Front {
+    /// Bound on one try of a write or read (publish to reply).
+    attempt_timeout: Duration,
+    /// Tries per write or read, and the pause between them (a failover in progress).
+    retry: RetryPolicy,
+    rpc: RpcClient,
+    /// The highest log index acknowledged to a client: reads wait for it.
+    acked: AtomicU64,
+    /// Every write holds it shared; a switchover takes it alone to hold new writes.
+    write_gate: RwLock<()>,
+    /// Bumped whenever the master node changes.
+    master_changes: watch::Receiver<u64>,
+}
+
+/// Why one try did not give an answer: worth another try (no master yet, a slow or behind
+/// slave, a lost reply), or final (the request itself is bad).
+enum Failure {
+    Retry(Error),
+    Final(Error),
+}
+
+impl Failure {
+    fn is_retry(&self) -> bool {
+        matches!(self, Failure::Retry(_))
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Retry(e) | Failure::Final(e) => e,
+        }
+    }
+
+    /// Anything but the answer looked for.
+    fn of(answer: Result<Reply>) -> Self {
+        match answer {
+            Ok(Reply::Refused {
+                refusal: Refusal::BadRequest,
+                message,
+                ..
+            }) => Failure::Final(Error::Protocol(message)),
+            Ok(Reply::Refused {
+                refusal: Refusal::NotMaster,
+                ..
+            }) => Failure::Retry(Error::NotMaster),
+            Ok(Reply::Refused { message, .. }) => Failure::Retry(Error::LogUnavailable(message)),
+            Ok(other) => Failure::Retry(Error::Protocol(format!("unexpected reply {other:?}"))),
+            Err(e) => Failure::Retry(e),
+        }
+    }
+}
+
+impl Front {
+    pub(super) fn new(
+        config: &OrchestratorConfig,
+        rpc: RpcClient,
+        acked: u64,
+        master_changes: watch::Receiver<u64>,
+    ) -> Self {
+        Front {
+            attempt_timeout: config.attempt_timeout,
+            retry: RetryPolicy::fixed(config.attempts, config.retry_pause),
+            rpc,
+            acked: AtomicU64::new(acked),
+            write_gate: RwLock::new(()),
+            master_changes,
+        }
+    }
+
+    pub(super) fn acked_index(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Calls waiting for a worker's answer now.
+    pub(super) fn calls_waiting(&self) -> usize {
+        self.rpc.waiting()
+    }
+
+    /// Holds new writes (for a switchover) once the writes in flight have finished, or `None`
+    /// if they do not finish within `bound`. Writes go on when the guard is dropped.
+    pub(super) async fn hold_writes(&self, bound: Duration) -> Option<RwLockWriteGuard<'_, ()>> {
+        tokio::time::timeout(bound, self.write_gate.write())
+            .await
+            .ok()
+    }
+
+    /// Sends one write to the master; tries again (same request id) through failovers.
+    #[tracing::instrument(name = "db_write", skip_all, fields(
+        request_id = %request_id,
+        http_request = %current_request_id().unwrap_or_default(),
+    ))]
+    pub(super) async fn write(&self, request_id: RequestId, op: WriteOp) -> Result<WriteAck> {
+        let _held_during_a_switchover = self.write_gate.read().await;
+        let body = encode(&WriteRequest {
+            v: VERSION,
+            request_id,
+            op,
+            trace: current_request_id(),
+        });
+        // Shared by the tries: a master change seen in one try is not seen again in the next.
+        let mut changes = self.master_changes.clone();
+        changes.borrow_and_update();
+        let changes = tokio::sync::Mutex::new(changes);
+        let republished = AtomicU32::new(0);
+        let ack = self
+            .retry
+            .run(
+                || self.write_once(&body, &changes, &republished),
+                Failure::is_retry,
+            )
+            .await
+            .map_err(Failure::into_error)?;
+        self.acked.fetch_max(ack.index, Ordering::SeqCst);
+        Ok(ack)
+    }
+
+    /// One try of a write. A write sent to a master that then froze or died waits in its hands
+    /// until the try times out; when the master changes, it is sent again at once (same
+    /// request id, so it applies once): failover then costs the election, not the timeout.
+    async fn write_once(
+        &self,
+        body: &Bytes,
+        changes: &tokio::sync::Mutex<watch::Receiver<u64>>,
+        republished: &AtomicU32,
+    ) -> std::result::Result<WriteAck, Failure> {
+        let mut changes = changes.lock().await;
+        loop {
+            let may_republish = republished.load(Ordering::SeqCst) < MAX_REPUBLISH;
+            let answer = tokio::select! {
+                answer = self.call(WRITE_QUEUE, body.clone()) => answer,
+                _ = changes.changed(), if may_republish => {
+                    republished.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+            };
+            return match answer {
+                Ok(Reply::Written {
+                    index,
+                    epoch,
+                    worker,
+                    outcome,
+                    ..
+                }) => Ok(WriteAck {
+                    index,
+                    epoch,
+                    worker,
+                    outcome,
+                }),
+                other => Err(Failure::of(other)),
+            };
+        }
+    }
+
+    /// Sends one read to a slave. Unless `stale`, the slave first applies every write
+    /// acknowledged so far.
+    #[tracing::instrument(name = "db_read", skip_all, fields(
+        stale = stale,
+        http_request = %current_request_id().unwrap_or_default(),
+    ))]
+    pub(super) async fn read(&self, op: ReadOp, stale: bool) -> Result<ReadAnswer> {
+        let min_index = if stale { 0 } else { self.acked_index() };
+        let body = encode(&ReadRequest {
+            v: VERSION,
+            op,
+            min_index,
+            trace: current_request_id(),
+        });
+        self.retry
+            .run(|| self.read_once(&body), Failure::is_retry)
+            .await
+            .map_err(Failure::into_error)
+    }
+
+    async fn read_once(&self, body: &Bytes) -> std::result::Result<ReadAnswer, Failure> {
+        match self.call(READ_QUEUE, body.clone()).await {
+            Ok(Reply::Read {
+                applied_index,
+                worker,
+                outcome,
+                ..
+            }) => Ok(ReadAnswer {
+                applied_index,
+                worker,
+                outcome,
+            }),
+            other => Err(Failure::of(other)),
+        }
+    }
+
+    async fn call(&self, queue: &str, body: Bytes) -> Result<Reply> {
+        let bytes = self.rpc.call(queue, body, self.attempt_timeout).await?;
+        decode_versioned::<Reply>(&bytes)
+    }
+}
