@@ -4,40 +4,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::{duration_ms, tail, Shared, WorkerDeps};
-use crate::coord::{CreateMode, Session};
 use crate::error::{Error, Result};
-use crate::policy::{elect, Member};
-use crate::protocol::{
-    decode, encode, EntryBody, LogEntry, MasterRecord, MemberRecord, Progress, EPOCHS, MASTER,
-    VERSION, WORKERS,
-};
+use crate::policy::elect;
+use crate::protocol::{EntryBody, LogEntry, MasterRecord, MemberRecord, Progress, VERSION};
+use crate::registry::Registry;
 
 impl Shared {
     /// Changes this worker's member record and writes it to its node.
     pub(super) async fn update_member(
         &self,
-        session: &dyn Session,
+        registry: &Registry,
         path: &str,
         change: impl FnOnce(&mut MemberRecord),
     ) -> Result<()> {
         let mut member = self.member.lock().await;
         change(&mut member);
-        session.set(path, encode(&*member), None).await
+        registry.update_member(path, &member).await
     }
 }
 
 /// Creates this worker's member node; returns its path.
-pub(super) async fn register(shared: &Shared, session: &dyn Session) -> Result<String> {
-    let registered = encode(&*shared.member.lock().await);
-    let member_path = session
-        .create(
-            &format!("{WORKERS}/w-"),
-            registered,
-            CreateMode::EphemeralSequential,
-        )
+pub(super) async fn register(shared: &Shared, registry: &Registry) -> Result<String> {
+    let member_path = registry
+        .register_member(&*shared.member.lock().await)
         .await?;
     tracing::info!(pid = shared.config.pid, path = %member_path, "worker registered");
     Ok(member_path)
@@ -54,7 +44,7 @@ const STATE_EVERY: Duration = Duration::from_secs(5);
 #[tracing::instrument(name = "publish_state", skip_all, fields(worker = %shared.config.id))]
 pub(super) async fn publish_state(
     shared: Arc<Shared>,
-    session: Arc<dyn Session>,
+    registry: Registry,
     member_path: String,
 ) -> Result<()> {
     let mut applied = shared.position.subscribe();
@@ -63,7 +53,7 @@ pub(super) async fn publish_state(
         let digest = shared.store.digest().await?;
         if published != Some(digest.applied_index) {
             match shared
-                .update_member(session.as_ref(), &member_path, |m| m.state = Some(digest))
+                .update_member(&registry, &member_path, |m| m.state = Some(digest))
                 .await
             {
                 Ok(()) => published = Some(digest.applied_index),
@@ -100,7 +90,7 @@ const PROGRESS_GAP: Duration = Duration::from_millis(200);
 #[tracing::instrument(name = "publish_progress", skip_all, fields(worker = %shared.config.id))]
 pub(super) async fn publish_progress(
     shared: Arc<Shared>,
-    session: Arc<dyn Session>,
+    registry: Registry,
     member_path: String,
 ) -> Result<()> {
     let mut applied = shared.position.subscribe();
@@ -113,9 +103,7 @@ pub(super) async fn publish_progress(
         };
         if published != Some(progress) {
             match shared
-                .update_member(session.as_ref(), &member_path, |m| {
-                    m.progress = Some(progress)
-                })
+                .update_member(&registry, &member_path, |m| m.progress = Some(progress))
                 .await
             {
                 Ok(()) => published = Some(progress),
@@ -147,18 +135,18 @@ pub(super) async fn publish_progress(
 pub(super) async fn elect_self(
     shared: &Shared,
     deps: &WorkerDeps,
-    session: &dyn Session,
+    registry: &Registry,
 ) -> Result<u64> {
     loop {
-        let (master, master_changed) = session.get_watch(MASTER).await?;
+        let (master, master_changed) = registry.master_watch().await?;
         if master.is_some() {
             master_changed.await;
             continue;
         }
-        let (children, members_changed) = session.children_watch(WORKERS).await?;
-        let members = read_members(session, &children).await;
+        let (members, members_changed) = registry.members_watch().await?;
+        let members: Vec<_> = members.iter().map(|m| m.member()).collect();
         if elect(&members, None).map(|m| &m.id) == Some(&shared.config.id) {
-            if let Some(epoch) = try_promote(shared, deps, session).await? {
+            if let Some(epoch) = try_promote(shared, deps, registry).await? {
                 return Ok(epoch);
             }
         }
@@ -169,28 +157,12 @@ pub(super) async fn elect_self(
     }
 }
 
-/// The live members from the coordinator; nodes that vanish meanwhile are left out.
-pub async fn read_members(session: &dyn Session, children: &[String]) -> Vec<Member> {
-    let mut members = Vec::with_capacity(children.len());
-    for child in children {
-        if let Ok(Some((data, _))) = session.get(&format!("{WORKERS}/{child}")).await {
-            if let Ok(record) = decode::<MemberRecord>(&data) {
-                members.push(Member {
-                    id: record.id,
-                    pid: record.pid,
-                });
-            }
-        }
-    }
-    members
-}
-
 /// Takes the master node, draws an epoch, appends the marker and waits until it is applied.
 /// `Ok(None)`: another worker took the master node first.
 async fn try_promote(
     shared: &Shared,
     deps: &WorkerDeps,
-    session: &dyn Session,
+    registry: &Registry,
 ) -> Result<Option<u64>> {
     let id = shared.config.id.clone();
     let pid = shared.config.pid;
@@ -200,31 +172,15 @@ async fn try_promote(
         epoch: 0,
         ready: false,
     };
-    match session
-        .create(MASTER, encode(&record), CreateMode::Ephemeral)
-        .await
-    {
-        Ok(_) => {}
-        Err(Error::NodeExists(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    if !registry.claim_master(&record).await? {
+        return Ok(None);
     }
-    let epoch_path = session
-        .create(
-            &format!("{EPOCHS}/e-"),
-            Bytes::new(),
-            CreateMode::PersistentSequential,
-        )
-        .await?;
-    let epoch = epoch_path
-        .rsplit('-')
-        .next()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|seq| seq + 1)
-        .ok_or_else(|| Error::Protocol(format!("bad epoch node {epoch_path}")))?
-        // Above every epoch already in the log, even if the coordinator lost its data.
-        .max(shared.position.borrow().epoch + 1);
+    // Above every epoch already in the log, even if the coordinator lost its data.
+    let applied_epoch = shared.position.borrow().epoch;
+    let drawn = registry.next_epoch(applied_epoch + 1).await?;
+    let epoch = drawn.number;
     let record = MasterRecord { epoch, ..record };
-    session.set(MASTER, encode(&record), None).await?;
+    registry.set_master(&record, None).await?;
     shared.store.promote(epoch).await?;
     let marker = LogEntry {
         v: VERSION,
@@ -233,13 +189,7 @@ async fn try_promote(
     };
     tail::append(deps.log.as_ref(), &marker).await?;
     wait_for_marker(shared, epoch).await?;
-    // Older epoch nodes only served to draw numbers; the sequence never reuses one.
-    if let Ok(children) = session.children(EPOCHS).await {
-        let mine = epoch_path.rsplit('/').next().unwrap_or_default().to_owned();
-        for child in children.into_iter().filter(|c| *c < mine) {
-            let _ = session.delete(&format!("{EPOCHS}/{child}")).await;
-        }
-    }
+    registry.prune_epochs(&drawn).await;
     tracing::info!(%id, pid, epoch, "became master");
     Ok(Some(epoch))
 }
@@ -261,16 +211,12 @@ async fn wait_for_marker(shared: &Shared, epoch: u64) -> Result<()> {
 }
 
 /// Marks this master ready in the master node, once it consumes the write queue.
-pub(super) async fn announce_ready(
-    shared: &Shared,
-    session: &dyn Session,
-    epoch: u64,
-) -> Result<()> {
+pub(super) async fn announce_ready(shared: &Shared, registry: &Registry, epoch: u64) -> Result<()> {
     let ready = MasterRecord {
         id: shared.config.id.clone(),
         pid: shared.config.pid,
         epoch,
         ready: true,
     };
-    session.set(MASTER, encode(&ready), None).await
+    registry.set_master(&ready, None).await
 }

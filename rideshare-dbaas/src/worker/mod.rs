@@ -47,13 +47,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::coord::{Coordinator, Session};
+use crate::coord::Coordinator;
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::protocol::{CatchUp, MemberRecord, Role, READ_QUEUE, WRITE_QUEUE};
+use crate::registry::Registry;
 use store::StoreHandle;
-
-pub use membership::read_members;
 
 /// A worker's settings. Every wait has a bound.
 #[derive(Clone, Debug)]
@@ -164,30 +163,30 @@ pub async fn run_worker(
         waiters: tail::Waiters::default(),
         member: tokio::sync::Mutex::new(member),
     });
-    let session: Arc<dyn Session> = Arc::from(deps.coordinator.connect().await?);
+    let registry = Registry::connect(deps.coordinator.as_ref()).await?;
     deps.broker.declare(READ_QUEUE).await?;
     deps.broker.declare(WRITE_QUEUE).await?;
 
     let mut tasks = JoinSet::new();
     let log = Arc::clone(&deps.log);
     tasks.spawn(tail::tail(Arc::clone(&shared), log, start_index));
-    let member_path = membership::register(&shared, session.as_ref()).await?;
+    let member_path = membership::register(&shared, &registry).await?;
     tasks.spawn(membership::publish_progress(
         Arc::clone(&shared),
-        Arc::clone(&session),
+        registry.clone(),
         member_path.clone(),
     ));
-    catch_up(&shared, &deps, session.as_ref(), &member_path, start_index).await?;
+    catch_up(&shared, &deps, &registry, &member_path, start_index).await?;
     tasks.spawn(membership::publish_state(
         Arc::clone(&shared),
-        Arc::clone(&session),
+        registry.clone(),
         member_path.clone(),
     ));
 
-    let roles = serve::serve_roles(shared, deps, Arc::clone(&session), member_path);
+    let roles = serve::serve_roles(shared, deps, registry.clone(), member_path);
     tokio::select! {
         result = roles => result,
-        _ = session.lost() => Err(Error::SessionExpired),
+        _ = registry.lost() => Err(Error::SessionExpired),
         ended = tasks.join_next() => match ended {
             Some(Ok(Err(e))) => Err(e),
             _ => Err(Error::LogUnavailable("log reader ended".into())),
@@ -200,7 +199,7 @@ pub async fn run_worker(
 async fn catch_up(
     shared: &Shared,
     deps: &WorkerDeps,
-    session: &dyn Session,
+    registry: &Registry,
     member_path: &str,
     start_index: u64,
 ) -> Result<()> {
@@ -213,7 +212,7 @@ async fn catch_up(
                 return Err(Error::Timeout("catch-up", duration_ms(config.catch_up_wait)));
             }
         }
-        _ = session.lost() => return Err(Error::SessionExpired),
+        _ = registry.lost() => return Err(Error::SessionExpired),
     }
     let catch_up = CatchUp {
         entries: end.saturating_sub(start_index),
@@ -226,7 +225,7 @@ async fn catch_up(
         "caught up with the log"
     );
     shared
-        .update_member(session, member_path, |m| m.catch_up = Some(catch_up))
+        .update_member(registry, member_path, |m| m.catch_up = Some(catch_up))
         .await?;
     config.ready.store(true, Ordering::SeqCst);
     metrics::gauge!("rideshare_worker_caught_up", "worker" => config.id.clone()).set(1.0);

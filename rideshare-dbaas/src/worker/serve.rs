@@ -7,25 +7,25 @@ use tokio::task::JoinSet;
 
 use super::{membership, tail, Shared, WorkerDeps};
 use crate::broker::{Broker, Delivery, Message};
-use crate::coord::Session;
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::protocol::{
     decode_versioned, encode, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role, WriteRequest,
     READ_QUEUE, VERSION, WRITE_QUEUE,
 };
+use crate::registry::Registry;
 
 /// Serves as a slave until elected, then as master until something ends it.
 pub(super) async fn serve_roles(
     shared: Arc<Shared>,
     deps: WorkerDeps,
-    session: Arc<dyn Session>,
+    registry: Registry,
     member_path: String,
 ) -> Result<()> {
     let mut reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
     let _abort_reads = AbortOnDrop(reads.abort_handle());
     let epoch = tokio::select! {
-        elected = membership::elect_self(&shared, &deps, session.as_ref()) => elected?,
+        elected = membership::elect_self(&shared, &deps, &registry) => elected?,
         // A slave whose read consumer is gone (broker restarted) is of no use: stop, and be
         // replaced by a fresh worker that subscribes again.
         served = &mut reads => {
@@ -37,10 +37,10 @@ pub(super) async fn serve_roles(
     };
     reads.abort();
     shared
-        .update_member(session.as_ref(), &member_path, |m| m.role = Role::Master)
+        .update_member(&registry, &member_path, |m| m.role = Role::Master)
         .await?;
     metrics::gauge!("rideshare_worker_is_master", "worker" => shared.config.id.clone()).set(1.0);
-    serve_writes(shared, deps, session, epoch).await
+    serve_writes(shared, deps, registry, epoch).await
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -140,7 +140,7 @@ async fn handle_read(shared: &Shared, request: ReadRequest) -> Reply {
 async fn serve_writes(
     shared: Arc<Shared>,
     deps: WorkerDeps,
-    session: Arc<dyn Session>,
+    registry: Registry,
     epoch: u64,
 ) -> Result<()> {
     // Newer epochs consume at higher priority: a frozen older master's subscription gets no
@@ -150,7 +150,7 @@ async fn serve_writes(
         .broker
         .consume_prioritized(WRITE_QUEUE, shared.config.write_prefetch, priority)
         .await?;
-    membership::announce_ready(&shared, session.as_ref(), epoch).await?;
+    membership::announce_ready(&shared, &registry, epoch).await?;
     let mut handlers = JoinSet::new();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
