@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rideshare_core::api::AdminToken;
-use rideshare_core::clock::Zone;
+
+use crate::args::{
+    parse_admin_token, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, ScalingArgs,
+    ADMIN_TOKEN_ENV,
+};
 
 /// RideShare: a ride-pooling backend with its own small replicated database service.
 #[derive(Debug, Parser)]
@@ -52,62 +55,6 @@ pub enum Command {
     Crash(crate::status::CrashArgs),
     /// Hand the master role to a caught-up slave without failing a write.
     Switchover(crate::status::SwitchoverArgs),
-}
-
-/// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.
-#[derive(Debug, Clone, Args)]
-pub struct EngineArgs {
-    /// RabbitMQ URL, e.g. `amqp://127.0.0.1:5672/%2f`.
-    #[arg(long, env = "RIDESHARE_AMQP_URL")]
-    pub amqp_url: Option<String>,
-    /// ZooKeeper connect string, e.g. `127.0.0.1:2181`.
-    #[arg(long, env = "RIDESHARE_ZK")]
-    pub zk: Option<String>,
-    /// ZooKeeper session timeout: how long a silent worker stays a member (failure detection).
-    #[arg(long, env = "RIDESHARE_ZK_SESSION_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
-    pub zk_session_timeout: Duration,
-    /// Name of the RabbitMQ stream that holds the write log.
-    #[arg(long, env = "RIDESHARE_LOG_STREAM", default_value = "rideshare.log")]
-    pub log_stream: String,
-}
-
-/// How the orchestrator starts workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RuntimeKind {
-    /// Containers of the worker image on the local Docker engine.
-    Docker,
-    /// Child processes running `rideshare worker`.
-    Process,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RuntimeArgs {
-    /// Where workers run: `docker` or `process` (only with the real engines).
-    #[arg(long, env = "RIDESHARE_RUNTIME", value_enum, default_value = "docker")]
-    pub runtime: RuntimeKind,
-    /// Worker image (built locally by scripts/build-worker-image.sh).
-    #[arg(
-        long,
-        env = "RIDESHARE_WORKER_IMAGE",
-        default_value = "rideshare-worker:latest"
-    )]
-    pub worker_image: String,
-    /// Docker network mode of worker containers; `host` reaches engines on loopback.
-    #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = "host")]
-    pub docker_network: String,
-    /// Label value naming this cluster's worker containers.
-    #[arg(long, env = "RIDESHARE_CLUSTER", default_value = "rideshare")]
-    pub cluster: String,
-    /// The `rideshare` binary worker processes run (`--runtime process`); default: this one.
-    #[arg(long, env = "RIDESHARE_WORKER_PROGRAM")]
-    pub worker_program: Option<PathBuf>,
-    /// Directory workers keep their SQLite copies in (inside the container for docker).
-    #[arg(
-        long,
-        env = "RIDESHARE_WORKER_DATA_DIR",
-        default_value = "/tmp/rideshare-workers"
-    )]
-    pub worker_data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -179,20 +126,6 @@ pub struct RidesArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct OrchestratorArgs {
-    #[arg(long, env = "RIDESHARE_LISTEN", default_value = "127.0.0.1:8083")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub engines: EngineArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    #[command(flatten)]
-    pub scaling: ScalingArgs,
-    #[command(flatten)]
-    pub http: HttpArgs,
-}
-
-#[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// This worker's id (the runtime names it: container or process name).
     #[arg(long, env = "RIDESHARE_WORKER_ID")]
@@ -216,50 +149,11 @@ pub struct WorkerArgs {
     pub listen: Option<SocketAddr>,
     /// The cluster's admin token: only decides whether `--listen` may be a non-loopback address
     /// (the worker's routes are all read-only).
-    #[arg(long, env = "RIDESHARE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    #[arg(long, env = ADMIN_TOKEN_ENV, hide_env_values = true, value_parser = parse_admin_token)]
     pub admin_token: Option<AdminToken>,
     /// Allow a non-loopback `--listen` without an admin token.
     #[arg(long, env = "RIDESHARE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-}
-
-/// Bounds, access and zone every HTTP service takes.
-#[derive(Debug, Clone, Args)]
-pub struct HttpArgs {
-    /// Largest request body accepted, in bytes (larger gets 413).
-    #[arg(long, env = "RIDESHARE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Bound on handling one request (e.g. `30s`); past it the answer is 504.
-    #[arg(long, env = "RIDESHARE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
-    /// Requests one service handles at once; past it the answer is 503 at once.
-    #[arg(long, env = "RIDESHARE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_in_flight: u32,
-    /// Connections one listener keeps open at once; past it a new one gets 503 and is closed.
-    #[arg(long, env = "RIDESHARE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
-    /// Time a client has to send a request's headers, also between kept-alive requests (the
-    /// idle timeout); a stalled connection is closed after it.
-    #[arg(long, env = "RIDESHARE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Duration,
-    /// Token the admin calls need as `Authorization: Bearer <token>` (db/*, crash/*,
-    /// worker/list, the services' db/clear and DELETE _count). Without it admin calls are open
-    /// and only loopback addresses may be listened on.
-    #[arg(long, env = "RIDESHARE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
-    pub admin_token: Option<AdminToken>,
-    /// Listen on non-loopback addresses without an admin token (admin calls open to anyone).
-    #[arg(long, env = "RIDESHARE_INSECURE_NO_AUTH")]
-    pub insecure_no_auth: bool,
-    /// Zone ride timestamps are read in: `local` (the host's), `UTC`, or an offset like `+05:30`.
-    #[arg(long, env = "RIDESHARE_TZ", default_value = "local")]
-    pub tz: Zone,
-}
-
-fn parse_admin_token(text: &str) -> Result<AdminToken, String> {
-    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the admin token must not hold spaces or control characters".into());
-    }
-    Ok(AdminToken::new(text))
 }
 
 /// The cost of the users service's argon2id hash and the bounds of its hashing pool.
@@ -309,16 +203,97 @@ pub struct UpArgs {
     pub runtime: RuntimeArgs,
 }
 
-/// How the orchestrator scales read replicas.
-#[derive(Debug, Clone, Args)]
-pub struct ScalingArgs {
-    /// Length of a scaling window (e.g. `2m`, `5s`); the first read starts the timer.
-    #[arg(long, env = "RIDESHARE_SCALE_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
-    pub scale_interval: Duration,
-    /// Reads per window one slave serves: slaves = max(1, ceil(reads / this)).
-    #[arg(long, env = "RIDESHARE_READS_PER_SLAVE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub reads_per_slave: u64,
-    /// Upper bound on slaves, whatever the load.
-    #[arg(long, env = "RIDESHARE_MAX_SLAVES", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
-    pub max_slaves: u64,
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use rideshare_core::clock::Zone;
+
+    use super::{Cli, Command};
+    use crate::args::{
+        EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
+    };
+
+    /// Flags unlike every default (and unlike one another), so a flag that `to_args` left out
+    /// or misnamed cannot come back equal by chance.
+    fn unusual(runtime: RuntimeKind, tz: Zone, insecure_no_auth: bool) -> OrchestratorArgs {
+        OrchestratorArgs {
+            listen: "127.0.0.1:9183".parse().unwrap_or_else(|_| unreachable!()),
+            engines: EngineArgs {
+                amqp_url: None,
+                zk: Some("127.0.0.1:2182/chaos-0000abcd".into()),
+                zk_session_timeout: Duration::from_millis(1_500),
+                log_stream: "chaos.log".into(),
+            },
+            runtime: RuntimeArgs {
+                runtime,
+                worker_image: "rideshare-worker:test".into(),
+                docker_network: "bridge".into(),
+                cluster: "chaos-0000abcd".into(),
+                worker_program: Some("/opt/rideshare/bin/rideshare".into()),
+                worker_data_dir: "/tmp/chaos-0000abcd/workers".into(),
+            },
+            scaling: ScalingArgs {
+                scale_interval: Duration::from_secs(7),
+                reads_per_slave: 210,
+                max_slaves: 9,
+            },
+            http: HttpArgs {
+                max_body_bytes: 4_096,
+                request_timeout: Duration::from_millis(12_250),
+                max_in_flight: 33,
+                max_connections: 44,
+                header_read_timeout: Duration::from_secs(3),
+                admin_token: None,
+                insecure_no_auth,
+                tz,
+            },
+        }
+    }
+
+    fn parse_back(args: &OrchestratorArgs) -> OrchestratorArgs {
+        let argv = std::iter::once("rideshare".into()).chain(args.to_args());
+        let cli =
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("to_args does not parse: {e}"));
+        let Command::Orchestrator(mut parsed) = cli.command else {
+            panic!("to_args names another subcommand: {:?}", cli.command);
+        };
+        // The secrets are not on the command line by design: a test process may still have
+        // them in its environment (scripts/test.sh exports RIDESHARE_AMQP_URL).
+        parsed.engines.amqp_url = None;
+        parsed.http.admin_token = None;
+        parsed
+    }
+
+    #[test]
+    fn orchestrator_args_parse_back_from_their_command_line() {
+        let offset =
+            chrono::FixedOffset::east_opt(5 * 3600 + 30 * 60).unwrap_or_else(|| unreachable!());
+        for args in [
+            unusual(RuntimeKind::Process, Zone::Fixed(offset), true),
+            unusual(RuntimeKind::Docker, Zone::Local, false),
+        ] {
+            // `AdminToken` has no `PartialEq` (its one comparison is the constant-time
+            // `admits`), so the flags are compared through their derived `Debug`, which shows
+            // every field.
+            assert_eq!(format!("{:?}", parse_back(&args)), format!("{args:?}"));
+        }
+    }
+
+    #[test]
+    fn orchestrator_args_keep_secrets_off_the_command_line() {
+        let mut args = unusual(RuntimeKind::Docker, Zone::Local, false);
+        args.engines.amqp_url = Some("amqp://guest:s3cret@127.0.0.1:5672/chaos".into());
+        args.http.admin_token = Some(rideshare_core::api::AdminToken::new("t0ken-s3cret"));
+        let argv: Vec<String> = args
+            .to_args()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            argv.iter().all(|a| !a.contains("s3cret")),
+            "a secret on the command line: {argv:?}"
+        );
+    }
 }

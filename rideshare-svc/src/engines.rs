@@ -14,7 +14,7 @@ use crate::adapters::docker::{DockerConfig, DockerRuntime};
 use crate::adapters::process::{ProcessConfig, ProcessRuntime};
 use crate::adapters::rabbit::{RabbitBroker, RabbitLog};
 use crate::adapters::zk::ZkCoordinator;
-use crate::cli::{EngineArgs, RuntimeArgs, RuntimeKind};
+use crate::args::{EngineArgs, RuntimeArgs, RuntimeKind, AMQP_URL_ENV};
 
 /// Connections to the real broker, log and coordinator.
 #[derive(Clone)]
@@ -90,7 +90,7 @@ impl EngineArgs {
     /// line would show to every user of the host through `ps`.
     fn worker_env(&self) -> anyhow::Result<Vec<(String, String)>> {
         let (amqp, _) = self.urls()?;
-        let mut env = vec![("RIDESHARE_AMQP_URL".to_owned(), amqp.to_owned())];
+        let mut env = vec![(AMQP_URL_ENV.to_owned(), amqp.to_owned())];
         if crate::logging::format() == crate::logging::LogFormat::Json {
             env.push(("RIDESHARE_LOG_FORMAT".to_owned(), "json".to_owned()));
         }

@@ -2,6 +2,7 @@
 //! distributed mode grows) the adapters to the real engines. `main.rs` only parses and calls in.
 
 pub mod adapters;
+pub mod args;
 pub mod bench;
 pub mod chaos;
 pub mod cli;

@@ -18,10 +18,8 @@ use rideshare_dbaas::policy::ScalePolicy;
 use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
 use tokio::sync::watch;
 
-use crate::cli::{
-    GatewayArgs, HashingArgs, HttpArgs, OrchestratorArgs, RidesArgs, ScalingArgs, UsersArgs,
-    WorkerArgs,
-};
+use crate::args::{HttpArgs, OrchestratorArgs, ScalingArgs};
+use crate::cli::{GatewayArgs, HashingArgs, RidesArgs, UsersArgs, WorkerArgs};
 use crate::engines::runtime;
 use crate::observe;
 use crate::serve::{bind, check_exposure, run_until, spawn_server, ConnLimits};

@@ -20,7 +20,8 @@ use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 use rideshare_core::Username;
 use rideshare_dbaas::client::OrchestratorDb;
-use rideshare_svc::cli::{EngineArgs, RuntimeArgs, RuntimeKind, UpArgs};
+use rideshare_svc::args::{EngineArgs, RuntimeArgs, RuntimeKind};
+use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
 use serde_json::json;
 

@@ -314,6 +314,24 @@ async fn docker_clusters_do_not_touch_each_other() {
 
 #[tokio::test]
 #[ignore = "needs Docker and the worker image: run ./scripts/test.sh"]
+async fn docker_pauses_and_resumes_only_its_own_cluster() {
+    let (one, two) = (Cluster::new("pause-one"), Cluster::new("pause-two"));
+    let rt1 = docker_runtime(long_lived(&one)).await;
+    let rt2 = docker_runtime(long_lived(&two)).await;
+    let w = rt1.start().await.expect("start");
+    assert_no_worker(rt2.pause(&w.id).await, &w.id);
+    assert_eq!(inspect(&w.id, "{{.State.Paused}}"), "false");
+    rt1.pause(&w.id).await.expect("pause");
+    assert_eq!(inspect(&w.id, "{{.State.Paused}}"), "true");
+    assert_no_worker(rt2.unpause(&w.id).await, &w.id);
+    rt1.unpause(&w.id).await.expect("unpause");
+    assert_eq!(inspect(&w.id, "{{.State.Paused}}"), "false");
+    assert_eq!(rt1.remove_all().await.expect("remove_all"), 1);
+    assert_no_worker(rt1.pause(&w.id).await, &w.id);
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the worker image: run ./scripts/test.sh"]
 async fn docker_runtime_names_the_missing_image() {
     let cluster = Cluster::new("noimage");
     let rt = DockerRuntime::new(DockerConfig {

@@ -140,6 +140,34 @@ impl DockerRuntime {
         Ok(removed)
     }
 
+    /// Freezes a running container of this cluster (`docker pause`: the cgroup freezer, so the
+    /// worker stops where it is, sees no signal, and keeps its connections open).
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.running(id).await?;
+        self.docker
+            .pause_container(id)
+            .await
+            .map_err(docker_err(format!("pausing container {id}")))
+    }
+
+    /// Resumes a container of this cluster that [`DockerRuntime::pause`] froze.
+    pub async fn unpause(&self, id: &str) -> Result<()> {
+        // A paused container still counts as running for the engine.
+        self.running(id).await?;
+        self.docker
+            .unpause_container(id)
+            .await
+            .map_err(docker_err(format!("resuming container {id}")))
+    }
+
+    /// Fails with `NoWorker` unless `id` is a running container of this cluster.
+    async fn running(&self, id: &str) -> Result<()> {
+        match self.find(id).await? {
+            Found::Running(_) => Ok(()),
+            Found::Stopped | Found::Absent => Err(Error::NoWorker(id.to_owned())),
+        }
+    }
+
     fn missing_image(&self) -> Error {
         Error::Runtime(format!(
             "worker image {} not found on the Docker engine: build it with \

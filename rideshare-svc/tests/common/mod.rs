@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
-use rideshare_svc::cli::{
-    EngineArgs, HashingArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, UpArgs,
-};
+use rideshare_svc::args::{EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs};
+use rideshare_svc::cli::{HashingArgs, UpArgs};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
 

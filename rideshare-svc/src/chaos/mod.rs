@@ -1,0 +1,236 @@
+//! `rideshare chaos`: the distributed system on the real engines under injected faults, with a
+//! recorded history and a checker (Jepsen-style).
+//!
+//! It runs an orchestrator process (Docker workers) in a RabbitMQ virtual host and a ZooKeeper
+//! chroot of its own, drives concurrent clients against it, and injects faults on a schedule:
+//! crash the master, crash a slave, kill -9 and restart the orchestrator, restart RabbitMQ,
+//! restart ZooKeeper, pause the master past its session timeout and resume it, and read bursts
+//! that make the scaler add and then remove slaves. Then it replays the write log and checks
+//! the history against it (`rideshare_dbaas::checker`). Traffic goes to loopback only.
+//!
+//! One job per module: `namespace` (the run's vhost, chroot, token and orchestrator, removed
+//! however the run ends), `clients` (the load and its history), `faults` (injection, typed),
+//! `api` and `observe` (what the run reads of the orchestrator and of ZooKeeper), `check`
+//! (replay and checker), `report` (figures and verdict). `run` is the sequence of steps.
+
+mod api;
+mod check;
+mod clients;
+mod command;
+mod faults;
+mod namespace;
+mod observe;
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use rideshare_core::ops::RequestId;
+use rideshare_dbaas::checker::{Completion, Event};
+
+use self::api::Api;
+use self::clients::{probe, Load};
+pub use self::command::CommandLine;
+pub use self::faults::Fault;
+use self::faults::{FaultError, Injector, Setup};
+use self::namespace::{Namespace, Settings};
+use self::observe::Observer;
+use self::report::Record;
+use crate::args::RuntimeKind;
+
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// How long faults are injected (then the run settles and is checked).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// RabbitMQ URL without a virtual host; the run creates its own vhost (needs `rabbitmqctl`).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    pub amqp_base: String,
+    /// ZooKeeper connect string; the run uses a chroot of its own.
+    #[arg(long, default_value = "127.0.0.1:2181")]
+    pub zk: String,
+    /// ZooKeeper session timeout of the orchestrator and the workers.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub zk_session_timeout: Duration,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub clients: u64,
+    /// Time between faults.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub fault_interval: Duration,
+    /// Faults to inject, in rotation.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "crash-master,crash-slave,kill-orchestrator,pause-master,restart-rabbitmq,restart-zookeeper,scale,crash-master"
+    )]
+    pub faults: Vec<Fault>,
+    /// The orchestrator's scaling window during the run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub scale_interval: Duration,
+    /// The orchestrator's reads per slave during the run: the clients read all the time, so the
+    /// contract's 20 would keep the cluster at its maximum and the scale fault would show nothing.
+    #[arg(long, default_value_t = 200)]
+    pub reads_per_slave: u64,
+    #[arg(long, default_value = "rideshare-worker:latest")]
+    pub worker_image: String,
+    /// Where workers run: Docker containers (paused with `docker pause`) or processes of this
+    /// binary (paused with SIGSTOP).
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+    /// Command that restarts RabbitMQ (split into words like a shell would, run without one).
+    #[arg(long, default_value = "scripts/engines.sh restart-rabbitmq")]
+    pub restart_rabbitmq_cmd: CommandLine,
+    /// Command that restarts ZooKeeper (split into words like a shell would, run without one).
+    #[arg(long, default_value = "scripts/engines.sh restart-zk")]
+    pub restart_zk_cmd: CommandLine,
+    /// Seed of the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        result = run_in_namespace(&args) => result,
+        // Ctrl-C drops the run like any other end, so its guard removes what it started.
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            bail!("interrupted")
+        }
+    }
+}
+
+async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
+    let mut ns = Namespace::create(&settings(args))?;
+    println!(
+        "chaos: namespace {} (logs in {})",
+        ns.name(),
+        ns.work_dir().display()
+    );
+    let api = Api::new(ns.orchestrator_addr(), ns.admin_token())?;
+    let observer = Observer::new(ns.zk());
+    await_first_write(&api, &ns).await?;
+    let load = Load::start(&api, args.clients, args.seed);
+    let started = Instant::now();
+    let mut record = inject_faults(args, &mut ns, &api, &observer, &load, started).await?;
+    let events = settle(&api, load, started).await?;
+    let checked =
+        check::check_run(ns.amqp(), &observer, ns.work_dir(), &events, &mut record).await?;
+    let figures = report::figures(&events, checked, record, started.elapsed());
+    ns.stop_orchestrator();
+    report::publish(&figures, args.json.as_deref())?;
+    report::verdict(&figures, &args.faults)
+}
+
+fn settings(args: &ChaosArgs) -> Settings<'_> {
+    Settings {
+        amqp_base: &args.amqp_base,
+        zk: &args.zk,
+        zk_session_timeout: args.zk_session_timeout,
+        runtime: args.runtime,
+        worker_image: &args.worker_image,
+        scale_interval: args.scale_interval,
+        reads_per_slave: args.reads_per_slave,
+    }
+}
+
+async fn accepts_a_write(api: &Api, n: u64) -> bool {
+    matches!(
+        api.write(&RequestId::random(), &probe(n)).await,
+        Completion::Written { .. }
+    )
+}
+
+async fn await_first_write(api: &Api, ns: &Namespace) -> anyhow::Result<()> {
+    if !wait_for(Duration::from_secs(90), || accepts_a_write(api, 0)).await {
+        bail!(
+            "the cluster did not accept a write within 90 s (see {})",
+            ns.orchestrator_log().display()
+        );
+    }
+    Ok(())
+}
+
+/// The faults in rotation, one every `--fault-interval`, until `--duration` is over.
+async fn inject_faults(
+    args: &ChaosArgs,
+    ns: &mut Namespace,
+    api: &Api,
+    observer: &Observer,
+    load: &Load,
+    started: Instant,
+) -> anyhow::Result<Record> {
+    let setup = Setup {
+        runtime: args.runtime,
+        session_timeout: args.zk_session_timeout,
+        restart_rabbitmq: &args.restart_rabbitmq_cmd,
+        restart_zk: &args.restart_zk_cmd,
+    };
+    let injector = Injector::new(setup, ns, api, observer).await?;
+    let mut record = Record::default();
+    for fault in args.faults.iter().copied().cycle() {
+        if started.elapsed() >= args.duration {
+            break;
+        }
+        tokio::time::sleep(args.fault_interval).await;
+        let at_ms = api.ms();
+        let outcome = injector.inject(fault, ns).await;
+        record.note_catch_ups(&observer.members().await);
+        let what = match outcome {
+            Ok(injected) => {
+                record.note_injected(fault, at_ms, &injected);
+                injected.to_string()
+            }
+            Err(FaultError::NotInjected(reason)) => reason,
+            Err(FaultError::Failed(e)) => return Err(e.context(format!("injecting {fault:?}"))),
+        };
+        let counts = load.counts();
+        println!(
+            "[{:>4}s] {what}; ops ok {}, failed {}, unknown {}; workers {:?}",
+            started.elapsed().as_secs(),
+            counts.ok,
+            counts.failed,
+            counts.unknown,
+            api.pids().await.unwrap_or_default()
+        );
+    }
+    Ok(record)
+}
+
+/// Waits until the cluster accepts writes again, then stops the clients: their history.
+async fn settle(api: &Api, load: Load, started: Instant) -> anyhow::Result<Vec<Event>> {
+    println!(
+        "chaos: faults over after {} s; settling",
+        started.elapsed().as_secs()
+    );
+    let settled = wait_for(Duration::from_secs(120), || accepts_a_write(api, 1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = load.stop().await;
+    if !settled {
+        bail!("the cluster did not accept writes within 120 s after the faults");
+    }
+    // Quiet: the replicas publish their state digests once the log has been still a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(events)
+}
+
+/// Polls `check` every 100 ms until it holds (true) or `bound` has passed (false).
+async fn wait_for<F, Fut>(bound: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

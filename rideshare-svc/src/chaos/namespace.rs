@@ -1,0 +1,244 @@
+//! The run's namespace: a RabbitMQ virtual host, a ZooKeeper chroot, an admin token, and the
+//! orchestrator process started in them. Dropping the [`Namespace`] removes everything the run
+//! started (orchestrator, worker containers, chroot, vhost), whichever way the run ends.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use rideshare_dbaas::coord::{Coordinator, Session};
+
+use crate::adapters::docker::{DockerConfig, DockerRuntime};
+use crate::adapters::zk::ZkCoordinator;
+use crate::args::{OrchestratorArgs, RuntimeKind, ADMIN_TOKEN_ENV, AMQP_URL_ENV};
+
+/// Where the run's namespace lives, and how its orchestrator runs.
+pub struct Settings<'a> {
+    /// RabbitMQ URL without a vhost.
+    pub amqp_base: &'a str,
+    /// ZooKeeper connect string without the run's chroot.
+    pub zk: &'a str,
+    pub zk_session_timeout: Duration,
+    pub runtime: RuntimeKind,
+    pub worker_image: &'a str,
+    pub scale_interval: Duration,
+    pub reads_per_slave: u64,
+}
+
+pub struct Namespace {
+    /// `chaos-<random hex>`: the vhost, the chroot and the workers' cluster label.
+    name: String,
+    amqp: String,
+    zk_base: String,
+    admin_token: String,
+    work_dir: PathBuf,
+    orchestrator: OrchestratorArgs,
+    child: Option<Child>,
+}
+
+impl Namespace {
+    /// Creates the vhost and the work directory and starts the orchestrator (the chroot is
+    /// created by the first session in it). From the vhost on, the value is the guard.
+    pub fn create(settings: &Settings<'_>) -> anyhow::Result<Self> {
+        let name = format!("chaos-{:08x}", rand::random::<u32>());
+        let work_dir = std::env::temp_dir().join(&name);
+        let zk = format!("{}/{name}", settings.zk);
+        let orchestrator = orchestrator_args(settings, &name, zk, &work_dir)?;
+        rabbitmqctl(["add_vhost", &name])
+            .context("creating a RabbitMQ vhost (is RabbitMQ running, and rabbitmqctl here?)")?;
+        let mut ns = Namespace {
+            amqp: format!("{}/{name}", settings.amqp_base.trim_end_matches('/')),
+            zk_base: settings.zk.to_owned(),
+            admin_token: format!("{:032x}", rand::random::<u128>()),
+            work_dir,
+            orchestrator,
+            child: None,
+            name,
+        };
+        rabbitmqctl(["set_permissions", "-p", &ns.name, "guest", ".*", ".*", ".*"])?;
+        std::fs::create_dir_all(&ns.work_dir)?;
+        ns.start_orchestrator()?;
+        Ok(ns)
+    }
+
+    fn start_orchestrator(&mut self) -> anyhow::Result<u32> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.orchestrator_log())?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(self.orchestrator.to_args())
+            // The URL and the token are secrets: the environment, not the command line.
+            .env(AMQP_URL_ENV, &self.amqp)
+            .env(ADMIN_TOKEN_ENV, &self.admin_token)
+            .env("RIDESHARE_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start the orchestrator process")?;
+        let pid = child.id();
+        self.child = Some(child);
+        Ok(pid)
+    }
+
+    /// SIGKILL (`Child::kill`) and reap the orchestrator; its pid, if it ran.
+    fn kill_orchestrator(&mut self) -> Option<u32> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(child.id())
+    }
+
+    /// Kills the orchestrator and starts a new one on the same address a second later (it
+    /// adopts the running workers). The killed and the new pid.
+    pub async fn restart_orchestrator(&mut self) -> anyhow::Result<(u32, u32)> {
+        let killed = self.kill_orchestrator().unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok((killed, self.start_orchestrator()?))
+    }
+
+    /// Stops the orchestrator for good, before the figures are printed.
+    pub fn stop_orchestrator(&mut self) {
+        self.kill_orchestrator();
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn amqp(&self) -> &str {
+        &self.amqp
+    }
+
+    /// The run's ZooKeeper connect string, chroot included.
+    pub fn zk(&self) -> &str {
+        self.orchestrator.engines.zk.as_deref().unwrap_or_default()
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn orchestrator_addr(&self) -> SocketAddr {
+        self.orchestrator.listen
+    }
+
+    /// Logs and the reference replay; kept after the run.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    pub fn orchestrator_log(&self) -> PathBuf {
+        self.work_dir.join("orchestrator.log")
+    }
+}
+
+/// The orchestrator's flags: this process's environment and defaults, with the run's
+/// namespace, runtime and scaling on top.
+fn orchestrator_args(
+    settings: &Settings<'_>,
+    name: &str,
+    zk: String,
+    work_dir: &Path,
+) -> anyhow::Result<OrchestratorArgs> {
+    let mut args = OrchestratorArgs::from_env()?;
+    args.listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    args.engines.zk = Some(zk);
+    args.engines.zk_session_timeout = settings.zk_session_timeout;
+    args.runtime.runtime = settings.runtime;
+    args.runtime.worker_program = Some(std::env::current_exe()?);
+    args.runtime.worker_data_dir = work_dir.join("workers");
+    args.runtime.cluster = name.to_owned();
+    args.runtime.worker_image = settings.worker_image.to_owned();
+    args.scaling.scale_interval = settings.scale_interval;
+    args.scaling.reads_per_slave = settings.reads_per_slave;
+    Ok(args)
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // First the orchestrator, which would otherwise start workers anew; process workers
+        // follow it out by themselves (`--exit-with-parent`).
+        self.kill_orchestrator();
+        let (name, zk_base) = (self.name.clone(), self.zk_base.clone());
+        // Drop cannot await, and may run inside the run's runtime or after it: the engine
+        // clients get a runtime of their own on a thread of their own.
+        let cleaned = std::thread::spawn(move || -> anyhow::Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(remove_remote(&name, &zk_base))
+        })
+        .join();
+        let removed_vhost = rabbitmqctl(["delete_vhost", &self.name]);
+        match (cleaned, removed_vhost) {
+            (Ok(Ok(())), Ok(())) => println!("chaos: namespace {} removed", self.name),
+            (cleaned, vhost) => eprintln!(
+                "chaos: namespace {} not wholly removed: engines {cleaned:?}, vhost {vhost:?}",
+                self.name
+            ),
+        }
+    }
+}
+
+/// Removes the run's worker containers and its ZooKeeper chroot.
+async fn remove_remote(name: &str, zk_base: &str) -> anyhow::Result<()> {
+    // With `--runtime process` there may be no Docker engine at all: then there are no
+    // containers to remove either.
+    if let Ok(docker) = DockerRuntime::new(DockerConfig {
+        cluster: name.to_owned(),
+        ..DockerConfig::default()
+    })
+    .await
+    {
+        docker.remove_all().await?;
+    }
+    let zk = ZkCoordinator::new(zk_base, Duration::from_secs(4));
+    let session = zk.connect().await?;
+    // A worker's session can outlive its process by the session timeout and a node can be
+    // created under a parent listed a moment earlier: a few tries until the tree is gone.
+    let mut tries = 0;
+    loop {
+        match delete_tree(session.as_ref(), &format!("/{name}")).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 5 => return Err(e.into()),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes `root` and everything under it; done if it is absent.
+async fn delete_tree(session: &dyn Session, root: &str) -> rideshare_dbaas::Result<()> {
+    // Breadth first, then deleted deepest first: ZooKeeper refuses to delete a parent with
+    // children.
+    let mut nodes = vec![root.to_owned()];
+    let mut next = 0;
+    while next < nodes.len() {
+        let path = nodes[next].clone();
+        for child in session.children(&path).await? {
+            nodes.push(format!("{}/{child}", path.trim_end_matches('/')));
+        }
+        next += 1;
+    }
+    for path in nodes.iter().rev() {
+        match session.delete(path).await {
+            Ok(()) | Err(rideshare_dbaas::Error::NoNode(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn rabbitmqctl<const N: usize>(args: [&str; N]) -> anyhow::Result<()> {
+    let status = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run rabbitmqctl {args:?}"))?;
+    anyhow::ensure!(status.success(), "rabbitmqctl {args:?} failed: {status}");
+    Ok(())
+}
