@@ -1,16 +1,18 @@
 //! The run's view of the orchestrator's HTTP API, and the one place its answers are read.
 //!
-//! The answers are parsed here from `serde_json::Value`, each in one small function, so the
-//! orchestrator's own response types can replace them in one spot.
+//! Requests and answers are the orchestrator's own wire types (`orchestrator::api`), so a
+//! change to them is a compile error here rather than a silent misreading.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::StatusCode;
-use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
+use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
 use rideshare_dbaas::checker::Completion;
-use serde_json::{json, Value};
+use rideshare_dbaas::orchestrator::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
+use serde::Serialize;
+use serde_json::Value;
 
 /// Which worker `crash/*` kills.
 #[derive(Debug, Clone, Copy)]
@@ -51,17 +53,24 @@ impl Api {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response, reqwest::Error> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         self.http
             .post(format!("{}{path}", self.base))
-            .json(&body)
+            .json(body)
             .send()
             .await
     }
 
     pub async fn write(&self, request_id: &RequestId, op: &WriteOp) -> Completion {
-        let body = json!({"request_id": request_id, "op": op});
-        match self.post("/api/v1/db/write", body).await {
+        let body = WriteRequest {
+            op: op.clone(),
+            request_id: Some(request_id.0.clone()),
+        };
+        match self.post("/api/v1/db/write", &body).await {
             Ok(r) if r.status().is_success() => match r.json::<Value>().await {
                 Ok(v) => write_answer(v),
                 Err(e) => Completion::Unknown {
@@ -81,7 +90,13 @@ impl Api {
     /// A read's applied index, or why there is none.
     pub async fn read(&self, op: &ReadOp) -> Result<u64, String> {
         let r = self
-            .post("/api/v1/db/read", json!({"op": op}))
+            .post(
+                "/api/v1/db/read",
+                &ReadRequest {
+                    op: op.clone(),
+                    consistency: None,
+                },
+            )
             .await
             .map_err(|e| e.to_string())?;
         if !r.status().is_success() {
@@ -118,14 +133,14 @@ impl Api {
     }
 }
 
-/// A 2xx answer to `db/write`: `{"index", "outcome"}`.
+/// A 2xx answer to `db/write`: a [`WriteAck`], or an unknown outcome if it is not one.
 fn write_answer(v: Value) -> Completion {
-    match (
-        v["index"].as_u64(),
-        serde_json::from_value::<WriteOutcome>(v["outcome"].clone()),
-    ) {
-        (Some(index), Ok(outcome)) => Completion::Written { index, outcome },
-        _ => Completion::Unknown {
+    match serde_json::from_value::<WriteAck>(v.clone()) {
+        Ok(ack) => Completion::Written {
+            index: ack.index,
+            outcome: ack.outcome,
+        },
+        Err(_) => Completion::Unknown {
             reason: format!("unreadable answer {v}"),
         },
     }
@@ -145,11 +160,11 @@ fn write_refusal(status: StatusCode) -> Completion {
     }
 }
 
-/// A 2xx answer to `db/read`: `{"applied_index", "worker", "outcome"}`. An answer whose outcome
-/// does not parse counts as failed, not as a read at some index.
+/// A 2xx answer to `db/read`: a [`ReadAnswer`]. An answer that is not one counts as failed,
+/// not as a read at some index.
 fn read_answer(v: Value) -> Result<u64, String> {
-    serde_json::from_value::<ReadOutcome>(v["outcome"].clone()).map_err(|e| e.to_string())?;
-    Ok(v["applied_index"].as_u64().unwrap_or(0))
+    let answer: ReadAnswer = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    Ok(answer.applied_index)
 }
 
 /// The answer to `crash/*`: `[pid]`, or an error body.
@@ -160,12 +175,20 @@ fn crash_answer(status: StatusCode, v: Value) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rideshare_core::ops::WriteOutcome;
+    use serde_json::json;
 
     #[test]
     fn a_write_answer_without_index_or_outcome_is_unknown() {
         let done = serde_json::to_value(WriteOutcome::Done).unwrap_or_default();
+        let ack = WriteAck {
+            index: 7,
+            epoch: 2,
+            worker: "w".into(),
+            outcome: WriteOutcome::Done,
+        };
         assert_eq!(
-            write_answer(json!({"index": 7, "outcome": done})),
+            write_answer(serde_json::to_value(ack).unwrap_or_default()),
             Completion::Written {
                 index: 7,
                 outcome: WriteOutcome::Done
@@ -204,7 +227,7 @@ mod tests {
     fn a_read_answer_needs_an_outcome() {
         let count = json!({"result": "count", "count": 2});
         assert_eq!(
-            read_answer(json!({"applied_index": 3, "outcome": count})),
+            read_answer(json!({"applied_index": 3, "worker": "w", "outcome": count})),
             Ok(3)
         );
         assert!(read_answer(json!({"applied_index": 3})).is_err());

@@ -1,10 +1,10 @@
 //! What the run reads of the cluster in ZooKeeper: the workers' member records and the master
-//! record. Every ZooKeeper read of the run is here, so a typed registry can replace them.
+//! record, through the registry every part of the system reads the coordinator with.
 
 use std::time::{Duration, Instant};
 
-use rideshare_dbaas::coord::Coordinator;
-use rideshare_dbaas::protocol::{decode, MasterRecord, MemberRecord, MASTER, WORKERS};
+use rideshare_dbaas::protocol::{MasterRecord, MemberRecord};
+use rideshare_dbaas::registry::Registry;
 
 use crate::adapters::zk::ZkCoordinator;
 
@@ -23,27 +23,16 @@ impl Observer {
     /// Every live worker's member record (id, pid, role, catch-up, state digest); none when
     /// ZooKeeper does not answer.
     pub async fn members(&self) -> Vec<MemberRecord> {
-        let Ok(session) = self.zk.connect().await else {
+        let Ok(registry) = Registry::connect(&self.zk).await else {
             return vec![];
         };
-        let Ok(children) = session.children(WORKERS).await else {
-            return vec![];
-        };
-        let mut out = Vec::with_capacity(children.len());
-        for child in children {
-            if let Ok(Some((data, _))) = session.get(&format!("{WORKERS}/{child}")).await {
-                if let Ok(record) = decode::<MemberRecord>(&data) {
-                    out.push(record);
-                }
-            }
-        }
-        out
+        let members = registry.members().await.unwrap_or_default();
+        members.into_iter().map(|m| m.record).collect()
     }
 
     pub async fn master(&self) -> Option<MasterRecord> {
-        let session = self.zk.connect().await.ok()?;
-        let (data, _) = session.get(MASTER).await.ok()??;
-        decode::<MasterRecord>(&data).ok()
+        let registry = Registry::connect(&self.zk).await.ok()?;
+        registry.master().await.ok()?
     }
 
     /// The members once every one has published a state digest at `end` (the log's end), or
