@@ -38,9 +38,12 @@ pub enum Error {
     NotMaster,
     #[error("{0} did not answer within {1} ms")]
     Timeout(&'static str, u64),
-    /// A message could not be decoded.
+    /// A message broke the protocol (wrong version, unexpected reply, bad node name).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A message could not be decoded; the decoder's error is the source.
+    #[error("malformed message")]
+    Malformed(#[from] serde_json::Error),
     #[error("store failed")]
     Store(#[from] rideshare_core::StoreError),
     /// Any adapter's own error, kept whole.

@@ -200,7 +200,7 @@ pub fn encode<T: Serialize>(message: &T) -> Bytes {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Protocol(e.to_string()))
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 /// Decodes and refuses other protocol versions.
