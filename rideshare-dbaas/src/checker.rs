@@ -200,7 +200,21 @@ pub fn check<S: Store>(
     replicas: &[ReplicaState],
 ) -> Result<Verdict> {
     let mut verdict = Verdict::default();
-    // Acknowledged writes by completion time, to find what a read must see.
+    let acks = check_writes(events, replay, &mut verdict);
+    check_fencing(replay, &mut verdict);
+    check_reads(events, acks, &mut verdict);
+    let want = replay.checksum()?;
+    check_replicas(replicas, replay.end, want, &mut verdict);
+    Ok(verdict)
+}
+
+/// Lost and doubled writes, and the counts of outcomes; returns the acknowledged writes as
+/// (completion time, index), to find what a read must see.
+fn check_writes<S: Store>(
+    events: &[Event],
+    replay: &Replay<S>,
+    verdict: &mut Verdict,
+) -> Vec<(u64, u64)> {
     let mut acks: Vec<(u64, u64)> = Vec::new();
     for event in events {
         match (&event.operation, &event.completion) {
@@ -242,6 +256,11 @@ pub fn check<S: Store>(
             verdict.problem(format!("write {request_id} was applied {n} times"));
         }
     }
+    acks
+}
+
+/// A deposed master's write that the replay applied.
+fn check_fencing<S: Store>(replay: &Replay<S>, verdict: &mut Verdict) {
     verdict.fenced_entries = replay.fenced_entries;
     for index in &replay.fenced_applied {
         verdict.fenced_applied += 1;
@@ -249,6 +268,10 @@ pub fn check<S: Store>(
             "index {index} holds a deposed master's write (older epoch than a marker before it) and was applied"
         ));
     }
+}
+
+/// Stale reads: a read answered below an index acknowledged before it was invoked.
+fn check_reads(events: &[Event], mut acks: Vec<(u64, u64)>, verdict: &mut Verdict) {
     acks.sort_unstable();
     // Highest index acknowledged by each completion time, for a binary search per read.
     let mut running_max = 0;
@@ -276,13 +299,16 @@ pub fn check<S: Store>(
             }
         }
     }
-    let want = replay.checksum()?;
+}
+
+/// Replicas short of the log, or whose state differs from the replay's (`want`).
+fn check_replicas(replicas: &[ReplicaState], end: u64, want: u64, verdict: &mut Verdict) {
     for replica in replicas {
-        if replica.applied_index < replay.end {
+        if replica.applied_index < end {
             verdict.replicas_behind += 1;
             verdict.problem(format!(
                 "replica {} is at index {}, short of the log's {}",
-                replica.worker, replica.applied_index, replay.end
+                replica.worker, replica.applied_index, end
             ));
         } else if replica.checksum != want {
             verdict.replica_mismatches += 1;
@@ -292,7 +318,6 @@ pub fn check<S: Store>(
             ));
         }
     }
-    Ok(verdict)
 }
 
 #[cfg(test)]
