@@ -132,7 +132,8 @@ pub enum FaultError {
 /// Stops and resumes a worker without killing it: the cgroup freezer for containers, SIGSTOP
 /// and SIGCONT for processes.
 enum Freezer {
-    Docker(DockerRuntime),
+    // Boxed: one per run, and the process variant carries nothing.
+    Docker(Box<DockerRuntime>),
     Process,
 }
 
@@ -188,14 +189,14 @@ impl<'a> Injector<'a> {
     ) -> anyhow::Result<Self> {
         let freezer = match setup.runtime {
             // Scoped to the run's cluster label: it cannot pause any other container.
-            RuntimeKind::Docker => Freezer::Docker(
+            RuntimeKind::Docker => Freezer::Docker(Box::new(
                 DockerRuntime::new(DockerConfig {
                     cluster: ns.name().to_owned(),
                     ..DockerConfig::default()
                 })
                 .await
                 .context("cannot use the Docker engine")?,
-            ),
+            )),
             RuntimeKind::Process => Freezer::Process,
         };
         Ok(Injector {
