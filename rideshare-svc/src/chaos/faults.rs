@@ -4,8 +4,10 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rideshare_core::ops::ReadOp;
-use rideshare_dbaas::protocol::MasterRecord;
+use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+use rideshare_core::Username;
+use rideshare_dbaas::log::Log;
+use rideshare_dbaas::protocol::{encode, EntryBody, LogEntry, MasterRecord, VERSION};
 use serde::Serialize;
 
 use super::api::{Api, CrashTarget};
@@ -14,6 +16,7 @@ use super::namespace::Namespace;
 use super::observe::Observer;
 use super::wait_for;
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
+use crate::adapters::rabbit::RabbitLog;
 use crate::args::RuntimeKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -26,6 +29,10 @@ pub enum Fault {
     RestartRabbitmq,
     RestartZookeeper,
     Scale,
+    /// A deposed master's append landing late: a write entry of an older epoch than the
+    /// current master's, appended to the run's log after that master's marker. Every replica
+    /// must leave it without effect (fencing); the checker reports it if one applied it.
+    LateAppend,
 }
 
 /// Reads the scale fault sends at once: past what one slave serves in a window during the run.
@@ -62,6 +69,10 @@ pub enum Injected {
     ReadBurst {
         reads: u32,
         answered: u32,
+    },
+    LateAppend {
+        epoch: u64,
+        after_epoch: u64,
     },
 }
 
@@ -109,6 +120,10 @@ impl fmt::Display for Injected {
             ),
             Injected::RestartedRabbitmq { took } => write!(f, "restarted RabbitMQ in {took:?}"),
             Injected::RestartedZookeeper { took } => write!(f, "restarted ZooKeeper in {took:?}"),
+            Injected::LateAppend { epoch, after_epoch } => write!(
+                f,
+                "appended a write of epoch {epoch} after the marker of epoch {after_epoch}"
+            ),
             Injected::ReadBurst { reads, answered } => write!(
                 f,
                 "{reads} extra reads, {answered} answered (scale out at the window's end, back \
@@ -171,6 +186,8 @@ pub struct Injector<'a> {
     session_timeout: Duration,
     restart_rabbitmq: &'a CommandLine,
     restart_zk: &'a CommandLine,
+    /// The run's RabbitMQ virtual host, for the late append.
+    amqp: String,
 }
 
 pub struct Setup<'a> {
@@ -206,6 +223,7 @@ impl<'a> Injector<'a> {
             session_timeout: setup.session_timeout,
             restart_rabbitmq: setup.restart_rabbitmq,
             restart_zk: setup.restart_zk,
+            amqp: ns.amqp().to_owned(),
         })
     }
 
@@ -228,6 +246,7 @@ impl<'a> Injector<'a> {
                 took: self.restart_zk.run().await?,
             }),
             Fault::Scale => Ok(self.read_burst().await),
+            Fault::LateAppend => self.late_append().await,
         }
     }
 
@@ -285,6 +304,44 @@ impl<'a> Injector<'a> {
             pid: master.pid,
             paused_for,
             resumed,
+        })
+    }
+
+    /// Appends a write under the epoch before the current master's, as a deposed master whose
+    /// append was delayed would. It names a request id no client uses, so nothing else can
+    /// account for it: if any replica applies it, the replicas' state or the checker's fencing
+    /// check shows it.
+    async fn late_append(&self) -> Result<Injected, FaultError> {
+        let master = self
+            .observer
+            .master()
+            .await
+            .ok_or_else(|| FaultError::NotInjected("no master".into()))?;
+        if master.epoch < 2 {
+            return Err(FaultError::NotInjected("no deposed master yet".into()));
+        }
+        let epoch = master.epoch - 1;
+        let entry = LogEntry {
+            v: VERSION,
+            epoch,
+            body: EntryBody::Write {
+                request_id: RequestId(format!("chaos-zombie-{}", rand::random::<u32>())),
+                op: WriteOp::AddUser {
+                    username: Username::parse(&format!("zombie{}", rand::random::<u16>()))
+                        .context("zombie user name")?,
+                    password_hash: "zombie".into(),
+                },
+            },
+        };
+        let log = RabbitLog::connect(&self.amqp, "rideshare.log")
+            .await
+            .map_err(|e| FaultError::NotInjected(format!("log unreachable: {e}")))?;
+        log.append(encode(&entry))
+            .await
+            .map_err(|e| FaultError::NotInjected(format!("late append refused: {e}")))?;
+        Ok(Injected::LateAppend {
+            epoch,
+            after_epoch: master.epoch,
         })
     }
 

@@ -67,7 +67,7 @@ pub struct ChaosArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "crash-master,crash-slave,kill-orchestrator,pause-master,restart-rabbitmq,restart-zookeeper,scale,crash-master"
+        default_value = "crash-master,crash-slave,kill-orchestrator,pause-master,late-append,restart-rabbitmq,restart-zookeeper,scale,crash-master"
     )]
     pub faults: Vec<Fault>,
     /// The orchestrator's scaling window during the run.
