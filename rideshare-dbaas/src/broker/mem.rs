@@ -331,12 +331,6 @@ impl Broker for MemBroker {
         Ok(())
     }
 
-    /// Consuming an undeclared queue fails with [`Error::QueueClosed`] (RabbitMQ: 404 NOT_FOUND).
-    /// A `prefetch` of 0 means unbounded, as in AMQP.
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {
-        self.consume_prioritized(queue, prefetch, 0).await
-    }
-
     async fn consume_prioritized(
         &self,
         queue: &str,

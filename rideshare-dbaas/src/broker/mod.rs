@@ -94,8 +94,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn declare_exclusive(&self, queue: &str) -> Result<()>;
     /// Publishes to a queue; returns once the broker confirmed it.
     async fn publish(&self, queue: &str, message: Message) -> Result<()>;
-    /// Starts consuming, with at most `prefetch` unacked deliveries at a time.
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
+    /// Starts consuming, with at most `prefetch` unacked deliveries at a time (0: unbounded, as
+    /// in AMQP). Consuming an undeclared queue fails with [`crate::Error::QueueClosed`].
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {
+        self.consume_prioritized(queue, prefetch, 0).await
+    }
     /// Like `consume`, with a priority: while a consumer of higher priority has prefetch room,
     /// consumers of lower priority get nothing (RabbitMQ's consumer priorities, `x-priority`).
     /// The master consumes writes at its epoch's priority, so a frozen older master that still

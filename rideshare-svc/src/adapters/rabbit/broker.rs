@@ -70,10 +70,6 @@ impl Broker for RabbitBroker {
             .await
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {
-        self.consume_prioritized(queue, prefetch, 0).await
-    }
-
     async fn consume_prioritized(
         &self,
         queue: &str,
