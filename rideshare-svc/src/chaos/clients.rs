@@ -1,7 +1,9 @@
 //! The load: concurrent clients writing and reading through the orchestrator, each operation
 //! recorded in the history as invoked and then ok, failed or unknown (checker `Event`s).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -54,14 +56,14 @@ impl Load {
     }
 
     pub fn counts(&self) -> Counts {
-        counts(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
+        counts(&self.history.lock())
     }
 
     /// Stops the clients (each finishes the operation it is in) and hands over the history.
     pub async fn stop(mut self) -> Vec<Event> {
         let _ = self.stop.send(true);
         while self.clients.join_next().await.is_some() {}
-        std::mem::take(&mut *self.history.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.history.lock())
     }
 }
 
@@ -100,16 +102,13 @@ impl Client {
             let invoked_ms = self.api.ms();
             let (operation, completion) = self.one(n).await;
             let failed = !succeeded(&completion);
-            self.history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Event {
-                    client: usize::try_from(self.id).unwrap_or(0),
-                    operation,
-                    invoked_ms,
-                    completed_ms: self.api.ms(),
-                    completion,
-                });
+            self.history.lock().push(Event {
+                client: usize::try_from(self.id).unwrap_or(0),
+                operation,
+                invoked_ms,
+                completed_ms: self.api.ms(),
+                completion,
+            });
             // Bounded pace: back off a little while the system is failing over.
             let pause = if failed {
                 200
