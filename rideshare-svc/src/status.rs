@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rideshare_dbaas::orchestrator::api::{ClusterStatus, ShownRole, SwitchoverReport, WorkerState};
+use rideshare_dbaas::orchestrator::api::{
+    ClusterStatus, ScalingStatus, ShownRole, SwitchoverReport, WorkerState, WorkerStatus,
+};
 
 /// Bound on one call to the orchestrator (a switchover waits for the hand-over).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -210,9 +212,17 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
         duration_text(status.uptime_s),
         status.acked_index
     );
+    out += &workers_table(&status.workers);
+    scaling_lines(&mut out, &status.scaling);
+    history_lines(&mut out, status);
+    out
+}
+
+/// The workers as a text table.
+fn workers_table(workers: &[WorkerStatus]) -> String {
+    let mut out = String::new();
     let header = ["pid", "role", "epoch", "applied", "lag", "state", "uptime"];
-    let rows: Vec<[String; 7]> = status
-        .workers
+    let rows: Vec<[String; 7]> = workers
         .iter()
         .map(|w| {
             [
@@ -265,7 +275,11 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
         out += &line(row);
     }
     out += &rule;
-    let s = &status.scaling;
+    out
+}
+
+/// The scaler's window, target and last decision.
+fn scaling_lines(out: &mut String, s: &ScalingStatus) {
     let next = s
         .next_decision_s
         .map_or("the first read starts the window".to_owned(), |n| {
@@ -290,6 +304,10 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
             clock_text(d.at_unix_ms)
         );
     }
+}
+
+/// Totals since start and the last failovers.
+fn history_lines(out: &mut String, status: &ClusterStatus) {
     let t = &status.totals;
     let _ = writeln!(
         out,
@@ -297,9 +315,9 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
         t.writes_acked, t.writes_failed, t.reads_answered, t.reads_failed
     );
     if status.failovers.is_empty() {
-        out += "Failovers: none seen by this orchestrator\n";
+        out.push_str("Failovers: none seen by this orchestrator\n");
     } else {
-        out += "Last failovers:\n";
+        out.push_str("Last failovers:\n");
         for f in status.failovers.iter().rev() {
             let _ = writeln!(
                 out,
@@ -313,5 +331,4 @@ pub fn render(url: &str, status: &ClusterStatus) -> String {
             );
         }
     }
-    out
 }
