@@ -1,16 +1,18 @@
 //! The state checksum: what replicas publish and the history checker compares against a replay.
 //!
-//! It is a wrapping sum of one hash per row (each user; each ride with its riders in join order;
-//! the next ride id), so it does not depend on the order rows are visited in and can be kept up
-//! to date as mutations apply: add a row's hash when it appears, subtract it when it goes, both
-//! when it changes. [`StateChecksum::of`] recomputes it from a whole [`Dump`];
-//! [`StateChecksum::after`] moves it over one commit's mutations by reading only the rows they
-//! touch. The two agree on equal state (a property test holds them to it on both stores).
+//! It is a wrapping sum of one hash per row (each user; each ride; each rider of a ride, with
+//! its place in the join order; the next ride id), so it does not depend on the order rows are
+//! visited in and can be kept up to date as mutations apply: add a row's hash when it appears,
+//! subtract it when it goes, both when it changes. [`StateChecksum::of`] recomputes it from a
+//! whole [`Dump`]; [`StateChecksum::after`] moves it over one commit's mutations. The mutations
+//! a replica applies most (a new user, a new ride, a join) carry every field their rows hash, so
+//! they cost no read; deletions read the rows they remove. The two agree on equal state (a
+//! property test holds them to it on both stores).
 //!
-//! Users' creation order is not part of it (a sum has no order); riders' join order is, inside
-//! their ride's row. Request memory and the applied index are not data and are left out.
+//! Users' creation order is not part of it (a sum has no order); riders' join order is, through
+//! each rider's place. Request memory and the applied index are not data and are left out.
 
-use crate::domain::Username;
+use crate::domain::{RideId, Username};
 use crate::error::StoreError;
 use crate::machine::{Dump, Mutation, Ride, Store};
 
@@ -53,17 +55,33 @@ fn user_row(username: &Username, password_hash: &str) -> u64 {
     hash.finish()
 }
 
-fn ride_row(ride: &Ride, riders: &[Username]) -> u64 {
+fn ride_row(ride: &Ride) -> u64 {
     let mut hash = RowHash::new(b"ride");
     hash.feed(&ride.id.0.to_le_bytes());
     hash.feed(ride.created_by.as_str().as_bytes());
     hash.feed(&ride.timestamp.to_seconds().to_le_bytes());
     hash.feed(&ride.source.number().to_le_bytes());
     hash.feed(&ride.destination.number().to_le_bytes());
-    for rider in riders {
-        hash.feed(rider.as_str().as_bytes());
-    }
     hash.finish()
+}
+
+/// A rider of `ride_id`, `place` riders having joined before.
+fn rider_row(ride_id: RideId, place: u64, rider: &Username) -> u64 {
+    let mut hash = RowHash::new(b"rider");
+    hash.feed(&ride_id.0.to_le_bytes());
+    hash.feed(&place.to_le_bytes());
+    hash.feed(rider.as_str().as_bytes());
+    hash.finish()
+}
+
+/// A ride's row and its riders' rows, together.
+fn ride_rows(ride: &Ride, riders: &[Username]) -> u64 {
+    riders
+        .iter()
+        .zip(0..)
+        .fold(ride_row(ride), |sum, (rider, place)| {
+            sum.wrapping_add(rider_row(ride.id, place, rider))
+        })
 }
 
 fn next_ride_id_row(next_ride_id: u64) -> u64 {
@@ -91,7 +109,7 @@ impl StateChecksum {
             rides: dump
                 .rides
                 .iter()
-                .fold(0, |sum, (r, riders)| sum.wrapping_add(ride_row(r, riders))),
+                .fold(0, |sum, (r, riders)| sum.wrapping_add(ride_rows(r, riders))),
             next_ride_id: dump.next_ride_id,
         }
     }
@@ -127,22 +145,21 @@ impl StateChecksum {
                     self.delete_user(store, username)?;
                 }
                 Mutation::InsertRide(ride) => {
-                    self.rides = self.rides.wrapping_add(ride_row(ride, &[]));
+                    self.rides = self.rides.wrapping_add(ride_row(ride));
                 }
-                Mutation::AddRider { ride_id, username } => {
-                    if let Some(ride) = store.ride(*ride_id)? {
-                        let mut riders = store.riders(*ride_id)?;
-                        if !riders.contains(username) {
-                            self.rides = self.rides.wrapping_sub(ride_row(&ride, &riders));
-                            riders.push(username.clone());
-                            self.rides = self.rides.wrapping_add(ride_row(&ride, &riders));
-                        }
-                    }
+                Mutation::AddRider {
+                    ride_id,
+                    username,
+                    place,
+                } => {
+                    self.rides = self
+                        .rides
+                        .wrapping_add(rider_row(*ride_id, *place, username));
                 }
                 Mutation::DeleteRide { ride_id } => {
                     if let Some(ride) = store.ride(*ride_id)? {
                         let riders = store.riders(*ride_id)?;
-                        self.rides = self.rides.wrapping_sub(ride_row(&ride, &riders));
+                        self.rides = self.rides.wrapping_sub(ride_rows(&ride, &riders));
                     }
                 }
                 Mutation::SetNextRideId(next) => self.next_ride_id = *next,
@@ -167,10 +184,11 @@ impl StateChecksum {
                 continue;
             };
             let mut riders = store.riders(ride_id)?;
-            self.rides = self.rides.wrapping_sub(ride_row(&ride, &riders));
+            self.rides = self.rides.wrapping_sub(ride_rows(&ride, &riders));
             if ride.created_by != *username {
+                // The riders after the user move up one place.
                 riders.retain(|r| r != username);
-                self.rides = self.rides.wrapping_add(ride_row(&ride, &riders));
+                self.rides = self.rides.wrapping_add(ride_rows(&ride, &riders));
             }
         }
         Ok(())

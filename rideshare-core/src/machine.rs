@@ -43,9 +43,13 @@ pub enum Mutation {
         username: Username,
     },
     InsertRide(Ride),
+    /// Adds a rider at the end of the ride's join order.
     AddRider {
         ride_id: RideId,
         username: Username,
+        /// How many riders joined before: the stores keep join order by their own means, and
+        /// the state checksum hashes the place without reading the ride's riders.
+        place: u64,
     },
     DeleteRide {
         ride_id: RideId,
@@ -192,16 +196,20 @@ pub fn decide<S: Store + ?Sized>(
                     (WriteOutcome::NoSuchUser, vec![])
                 } else if ride.created_by == *username {
                     (WriteOutcome::CreatorCannotJoin, vec![])
-                } else if store.riders(*ride_id)?.contains(username) {
-                    (WriteOutcome::AlreadyJoined, vec![])
                 } else {
-                    (
-                        WriteOutcome::Done,
-                        vec![Mutation::AddRider {
-                            ride_id: *ride_id,
-                            username: username.clone(),
-                        }],
-                    )
+                    let riders = store.riders(*ride_id)?;
+                    if riders.contains(username) {
+                        (WriteOutcome::AlreadyJoined, vec![])
+                    } else {
+                        (
+                            WriteOutcome::Done,
+                            vec![Mutation::AddRider {
+                                ride_id: *ride_id,
+                                username: username.clone(),
+                                place: riders.len() as u64,
+                            }],
+                        )
+                    }
                 }
             }
         },

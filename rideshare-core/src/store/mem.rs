@@ -53,7 +53,9 @@ impl MemStore {
             Mutation::InsertRide(ride) => {
                 self.rides.insert(ride.id, (ride, Vec::new()));
             }
-            Mutation::AddRider { ride_id, username } => {
+            Mutation::AddRider {
+                ride_id, username, ..
+            } => {
                 if let Some((_, riders)) = self.rides.get_mut(&ride_id) {
                     if !riders.contains(&username) {
                         riders.push(username);

@@ -180,7 +180,9 @@ fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResul
                 ))
                 .execute(conn)?;
         }
-        Mutation::AddRider { ride_id, username } => {
+        Mutation::AddRider {
+            ride_id, username, ..
+        } => {
             diesel::insert_or_ignore_into(riders::table)
                 .values((
                     riders::ride_id.eq(i64::try_from(ride_id.0).unwrap_or(i64::MAX)),

@@ -15,14 +15,14 @@ use crate::log::Record;
 use crate::protocol::StateDigest;
 use crate::replica::{Effect, ReplicaCore, Skip, Step};
 
-/// Commands waiting for the store at most: reads (a slave's prefetch), one commit group, a
+/// Commands waiting for the store at most: reads (a slave's prefetch), commit groups, a
 /// digest, a promotion.
 const COMMANDS: usize = 64;
 
 type Answer<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
-    Apply(Vec<Record>, Answer<Group>),
+    Apply(Vec<Vec<Record>>, Answer<Applied>),
     Read(ReadOp, Answer<(u64, ReadOutcome)>),
     Digest(Answer<StateDigest>),
     Promote(u64, Answer<()>),
@@ -36,6 +36,13 @@ pub(super) struct Group {
     pub epoch: u64,
     /// What to tell waiters, in log order.
     pub effects: Vec<Effect>,
+}
+
+/// What one apply command did: the commit groups made durable, in order, and the error that
+/// stopped the next one (which, with the groups behind it, was not applied).
+pub(super) struct Applied {
+    pub groups: Vec<Group>,
+    pub failed: Option<Error>,
 }
 
 /// The async side's way to the store thread; cheap to share behind the worker's `Arc`.
@@ -66,9 +73,10 @@ impl StoreHandle {
         Ok((StoreHandle { commands }, start_index))
     }
 
-    /// Applies records in order as one commit group.
-    pub async fn apply(&self, records: Vec<Record>) -> Result<Group> {
-        self.call(|answer| Command::Apply(records, answer)).await
+    /// Applies commit groups in order, each in one transaction, in one handoff to the store
+    /// thread.
+    pub async fn apply(&self, groups: Vec<Vec<Record>>) -> Result<Applied> {
+        self.call(|answer| Command::Apply(groups, answer)).await
     }
 
     /// Answers a read with the applied index it was answered at.
@@ -123,8 +131,8 @@ impl Owner {
         while let Some(command) = received.blocking_recv() {
             // A caller that gave up no longer listens; the work is done all the same.
             match command {
-                Command::Apply(records, answer) => {
-                    let _ = answer.send(self.apply(records));
+                Command::Apply(groups, answer) => {
+                    let _ = answer.send(Ok(self.apply_all(groups)));
                 }
                 Command::Read(op, answer) => {
                     let _ = answer.send(self.read(&op));
@@ -138,6 +146,24 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Applies commit groups in order, up to the first that fails.
+    fn apply_all(&mut self, groups: Vec<Vec<Record>>) -> Applied {
+        let mut applied = Applied {
+            groups: Vec::with_capacity(groups.len()),
+            failed: None,
+        };
+        for records in groups {
+            match self.apply(records) {
+                Ok(group) => applied.groups.push(group),
+                Err(e) => {
+                    applied.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        applied
     }
 
     /// Applies log records in order, in one commit group: the replica's only way to change its
