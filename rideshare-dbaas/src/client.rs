@@ -1,18 +1,23 @@
-//! `OrchestratorDb`: the users and rides services' `Db`, speaking HTTP to the orchestrator.
+//! The users and rides services' `Db` on the orchestrator: `OrchestratorDb` speaks HTTP to it;
+//! `InProcessDb` calls one in the same process (`rideshare up`), as its HTTP API would.
 //!
 //! A write gets one request id for all its attempts, so a retry after a lost answer is
 //! applied once. Attempts and each attempt's time are bounded.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rideshare_core::api::observe::current_request_id;
 use rideshare_core::api::AdminToken;
 use rideshare_core::db::{Db, DbError};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use crate::orchestrator::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
+use crate::orchestrator::Orchestrator;
 use crate::retry::RetryPolicy;
 
 #[derive(Clone)]
@@ -105,5 +110,56 @@ impl Db for OrchestratorDb {
         };
         let answer: ReadAnswer = self.post("/api/v1/db/read", &body).await?;
         Ok(answer.outcome)
+    }
+}
+
+/// The services' `Db` on an orchestrator in this process: the calls its HTTP API makes
+/// (`client_write`, `client_read`), without the hop and its JSON. The orchestrator already
+/// tries again through failovers, bounded, so a failure here is final: `Unavailable`, which
+/// the services answer with 503. Each call is logged as the orchestrator's HTTP layer logs a
+/// request (a `request` span of the service "orchestrator" with the caller's request id), so
+/// one request id still finds every hop.
+#[derive(Clone)]
+pub struct InProcessDb(Arc<Orchestrator>);
+
+impl InProcessDb {
+    pub fn new(orchestrator: Arc<Orchestrator>) -> Self {
+        InProcessDb(orchestrator)
+    }
+
+    async fn call<T>(
+        route: &'static str,
+        work: impl std::future::Future<Output = crate::error::Result<T>>,
+    ) -> Result<T, DbError> {
+        let span = tracing::info_span!(
+            "request",
+            request_id = %current_request_id().unwrap_or_default(),
+            service = "orchestrator",
+            method = "POST",
+            route,
+        );
+        let started = Instant::now();
+        let result = work.instrument(span.clone()).await;
+        span.in_scope(|| {
+            tracing::debug!(
+                ok = result.is_ok(),
+                latency_ms = started.elapsed().as_secs_f64() * 1e3,
+                "in-process call finished"
+            )
+        });
+        result.map_err(|e| DbError::Unavailable(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Db for InProcessDb {
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, DbError> {
+        let ack = self.0.client_write(RequestId::random(), op);
+        Ok(Self::call("/api/v1/db/write", ack).await?.outcome)
+    }
+
+    async fn read(&self, op: ReadOp) -> Result<ReadOutcome, DbError> {
+        let answer = self.0.client_read(op, false);
+        Ok(Self::call("/api/v1/db/read", answer).await?.outcome)
     }
 }

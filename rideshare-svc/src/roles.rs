@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rideshare_core::api::{
     gateway_router, rides_router, users_router, AdminToken, GatewayConfig, PasswordHashing,
-    RidesConfig, ServiceLimits,
+    RidesConfig, ServiceLimits, Upstream,
 };
 use rideshare_core::clock::SystemClock;
 use rideshare_core::store::SqliteStore;
@@ -96,9 +96,8 @@ pub async fn gateway(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> a
     let (users_url, rides_url) = (args.users_url.clone(), args.rides_url.clone());
     let router = gateway_router(
         GatewayConfig {
-            users_url: args.users_url,
-            rides_url: args.rides_url,
-            upstream_timeout: HOP_TIMEOUT,
+            users: Upstream::http(args.users_url, HOP_TIMEOUT),
+            rides: Upstream::http(args.rides_url, HOP_TIMEOUT),
         },
         args.http.limits(),
     );
@@ -130,9 +129,8 @@ pub async fn rides(args: RidesArgs, shutdown: impl Future<Output = ()>) -> anyho
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
         RidesConfig {
-            gateway_url: args.gateway_url,
+            gateway: Upstream::http(args.gateway_url, HOP_TIMEOUT),
             origin: args.public_url,
-            users_timeout: HOP_TIMEOUT,
         },
         args.http.limits(),
     );

@@ -1,6 +1,8 @@
 //! `rideshare up`: the whole system in one process on embedded engines, nothing installed.
 //!
-//! Gateway, users, rides and the orchestrator serve HTTP; the DBaaS runs on the in-memory broker
+//! Gateway, users, rides and the orchestrator each serve HTTP on their own port; inside the
+//! process they call each other directly (`Upstream::Local`, `InProcessDb`), without a socket.
+//! The DBaaS runs on the in-memory broker
 //! and coordinator, a log file in the data directory and task workers, each worker with its own
 //! SQLite file. The log file is the database: on restart every worker replays it.
 //!
@@ -13,9 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rideshare_core::api::{gateway_router, rides_router, users_router, GatewayConfig, RidesConfig};
+use rideshare_core::api::{
+    gateway_router, rides_router, users_router, GatewayConfig, LocalRouter, RidesConfig, Upstream,
+};
 use rideshare_core::clock::SystemClock;
-use rideshare_dbaas::client::OrchestratorDb;
+use rideshare_dbaas::client::InProcessDb;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
 use rideshare_dbaas::log::file::FileLog;
 use rideshare_dbaas::orchestrator::http::orchestrator_router;
@@ -26,7 +30,6 @@ use tokio::sync::watch;
 use crate::cli::UpArgs;
 use crate::engines;
 use crate::observe;
-use crate::roles::HOP_TIMEOUT;
 use crate::serve::{bind, run_until, spawn_server};
 
 /// A running `rideshare up`: where it listens, and how to stop it.
@@ -142,37 +145,37 @@ pub async fn start(args: UpArgs) -> anyhow::Result<Up> {
     let users_listener = bind("users", args.users).await?;
     let rides_listener = bind("rides", args.rides).await?;
     let orchestrator_listener = bind("orchestrator", args.orchestrator).await?;
-    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let users_url = format!("http://{}", users_listener.local_addr()?);
     let rides_url = format!("http://{}", rides_listener.local_addr()?);
     let orchestrator_url = format!("http://{}", orchestrator_listener.local_addr()?);
 
     let dbaas = Dbaas::start(&args).await?;
 
-    let db = OrchestratorDb::new(orchestrator_url.clone(), HOP_TIMEOUT, args.http.admin());
+    // One process: the services call the orchestrator, and the gateway and the services call
+    // each other, without a socket; each still serves its own port for everyone else.
+    let db = InProcessDb::new(Arc::clone(dbaas.orchestrator()));
     let users = users_router(db.clone(), args.hashing.config(), limits.clone());
     let users = observe::service("users", users, &orchestrator_url);
+    let gateway_slot = LocalRouter::empty();
     let rides = rides_router(
         db,
         Arc::new(SystemClock { zone: args.http.tz }),
         RidesConfig {
-            gateway_url,
+            gateway: Upstream::Local(gateway_slot.clone()),
             origin: rides_url.clone(),
-            users_timeout: HOP_TIMEOUT,
         },
         limits.clone(),
     );
     let rides = observe::service("rides", rides, &orchestrator_url);
-    let gateway_upstreams = (users_url.clone(), rides_url.clone());
     let gateway = gateway_router(
         GatewayConfig {
-            users_url,
-            rides_url,
-            upstream_timeout: HOP_TIMEOUT,
+            users: Upstream::Local(users.clone().into()),
+            rides: Upstream::Local(rides.clone().into()),
         },
         limits.clone(),
     );
-    let gateway = observe::gateway(gateway, &gateway_upstreams.0, &gateway_upstreams.1);
+    let gateway = observe::gateway(gateway, &users_url, &rides_url);
+    gateway_slot.set(gateway.clone());
     let orchestrator = orchestrator_router(Arc::clone(dbaas.orchestrator()), limits);
     let orchestrator = observe::orchestrator(orchestrator, Arc::clone(dbaas.orchestrator()));
 

@@ -3,9 +3,7 @@
 //! headers and body pass through; only hop-by-hop headers are dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,33 +11,25 @@ use axum::Router;
 
 use super::common::{ApiError, ServiceLimits};
 use super::openapi::{gateway_openapi, openapi_route};
+use super::upstream::{Upstream, UpstreamError};
 
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// Base URL of the users service, e.g. `http://127.0.0.1:8081`.
-    pub users_url: String,
-    /// Base URL of the rides service, e.g. `http://127.0.0.1:8082`.
-    pub rides_url: String,
-    /// Bound on one upstream call.
-    pub upstream_timeout: Duration,
+    /// The users service: over HTTP (`Upstream::http`, each call bounded), or in this process.
+    pub users: Upstream,
+    /// The rides service, likewise.
+    pub rides: Upstream,
 }
 
 struct GatewayState {
     config: GatewayConfig,
-    http: reqwest::Client,
     max_body_bytes: usize,
 }
 
 /// The gateway service.
 pub fn gateway_router(config: GatewayConfig, limits: ServiceLimits) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(config.upstream_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
     let state = Arc::new(GatewayState {
         config,
-        http,
         max_body_bytes: limits.max_body_bytes,
     });
     // The edge's path rule has made the URI canonical before `proxy` sees it, so the gateway
@@ -88,12 +78,11 @@ async fn proxy(State(state): State<Arc<GatewayState>>, request: Request) -> Resp
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let base = if routes_to_users(parts.uri.path()) {
-        &state.config.users_url
+    let upstream = if routes_to_users(parts.uri.path()) {
+        &state.config.users
     } else {
-        &state.config.rides_url
+        &state.config.rides
     };
-    let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
     let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -104,38 +93,29 @@ async fn proxy(State(state): State<Arc<GatewayState>>, request: Request) -> Resp
             .into_response()
         }
     };
-    let upstream = state
-        .http
-        .request(parts.method, &url)
-        .headers(forwardable(&parts.headers))
-        .body(body)
-        .send()
+    let answer = upstream
+        .send(
+            parts.method,
+            path_and_query,
+            forwardable(&parts.headers),
+            body,
+        )
         .await;
-    let upstream = match upstream {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::warn!(%url, error = %e, "upstream unreachable");
-            return ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                message: "the upstream service is unreachable".into(),
-            }
-            .into_response();
-        }
-    };
-    let status = upstream.status();
-    let headers = forwardable(upstream.headers());
-    match upstream.bytes().await {
-        Ok(bytes) => {
-            let mut response = Response::new(Body::from(bytes));
-            *response.status_mut() = status;
+    match answer {
+        Ok(mut response) => {
+            let headers = forwardable(response.headers());
             *response.headers_mut() = headers;
             response
         }
         Err(e) => {
-            tracing::warn!(%url, error = %e, "upstream broke off its answer");
+            tracing::warn!(?upstream, error = %e, "upstream failed");
+            let message = match e {
+                UpstreamError::Unreachable(_) => "the upstream service is unreachable",
+                UpstreamError::BrokenAnswer(_) => "the upstream service broke off its answer",
+            };
             ApiError {
                 status: StatusCode::BAD_GATEWAY,
-                message: "the upstream service broke off its answer".into(),
+                message: message.into(),
             }
             .into_response()
         }

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod openapi;
 pub mod path;
 pub mod rides;
+pub mod upstream;
 pub mod users;
 
 pub use admin::AdminToken;
@@ -18,4 +19,5 @@ pub use common::{ApiError, RequestCounter, ServiceLimits};
 pub use gateway::{gateway_router, GatewayConfig};
 pub use hashing::PasswordHashing;
 pub use rides::{rides_router, RidesConfig};
+pub use upstream::{LocalRouter, Upstream};
 pub use users::users_router;

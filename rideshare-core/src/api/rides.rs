@@ -6,11 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +19,7 @@ use super::common::{
     string_field, unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
 use super::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody, JoinRide, NewRide};
+use super::upstream::Upstream;
 use super::users::unexpected;
 use crate::area::Area;
 use crate::clock::Clock;
@@ -30,13 +30,15 @@ use crate::ops::{ReadOp, ReadOutcome, RideDetail, RideSummary, WriteOp, WriteOut
 /// Where the rides service finds users, and who it says it is.
 #[derive(Clone, Debug)]
 pub struct RidesConfig {
-    /// Base URL of the gateway (load balancer), e.g. `http://127.0.0.1:8080`.
-    pub gateway_url: String,
+    /// The gateway (load balancer): over HTTP (`Upstream::http`, each call bounded), or in
+    /// this process.
+    pub gateway: Upstream,
     /// This service's own public address, sent as `Origin` on the user check.
     pub origin: String,
-    /// Bound on one user check.
-    pub users_timeout: Duration,
 }
+
+/// Most bytes of the users list a user check reads: about 300,000 usernames.
+const USERS_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 /// The rides service's OpenAPI document.
 #[derive(utoipa::OpenApi)]
@@ -51,7 +53,6 @@ struct RidesState<D> {
     db: D,
     clock: Arc<dyn Clock>,
     config: RidesConfig,
-    http: reqwest::Client,
 }
 
 /// The rides service.
@@ -61,16 +62,7 @@ pub fn rides_router<D: Db>(
     config: RidesConfig,
     limits: ServiceLimits,
 ) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(config.users_timeout)
-        .build()
-        .unwrap_or_default();
-    let state = Arc::new(RidesState {
-        db,
-        clock,
-        config,
-        http,
-    });
+    let state = Arc::new(RidesState { db, clock, config });
     let counted = Router::new()
         .route("/api/v1/rides", post(create_ride::<D>).get(list_rides::<D>))
         .route("/api/v1/rides/count", get(count_rides::<D>))
@@ -94,28 +86,29 @@ pub fn rides_router<D: Db>(
 impl<D: Db> RidesState<D> {
     /// Asks the users service, through the gateway, whether `user` exists.
     async fn user_exists(&self, user: &Username) -> Result<bool, ApiError> {
-        let url = format!(
-            "{}/api/v1/users",
-            self.config.gateway_url.trim_end_matches('/')
-        );
-        let response = super::observe::propagate(self.http.get(&url))
-            .header("Origin", &self.config.origin)
-            .send()
+        let answer = self
+            .config
+            .gateway
+            .get(
+                "/api/v1/users",
+                &[(header::ORIGIN, &self.config.origin)],
+                USERS_LIST_BYTES,
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "user check: users service unreachable");
                 ApiError::unavailable("the users service is unavailable; try again shortly")
             })?;
-        match response.status() {
-            StatusCode::NO_CONTENT => Ok(false),
-            StatusCode::OK => {
-                let users: Vec<String> = response.json().await.map_err(|e| {
+        match answer {
+            (StatusCode::NO_CONTENT, _) => Ok(false),
+            (StatusCode::OK, body) => {
+                let users: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
                     tracing::warn!(error = %e, "user check: users service sent a bad list");
                     ApiError::unavailable("the users service sent a bad answer")
                 })?;
                 Ok(users.iter().any(|u| u == user.as_str()))
             }
-            other => Err(ApiError::unavailable(format!(
+            (other, _) => Err(ApiError::unavailable(format!(
                 "users service answered {other} to the user check"
             ))),
         }

@@ -14,7 +14,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use rideshare_core::api::{
     gateway_router, rides_router, users_router, GatewayConfig, PasswordHashing, RidesConfig,
-    ServiceLimits,
+    ServiceLimits, Upstream,
 };
 use rideshare_core::clock::FixedClock;
 use rideshare_core::db::{Db, DbError, LocalDb};
@@ -194,17 +194,15 @@ pub fn http_client() -> reqwest::Client {
 
 pub fn gateway_config(users_url: String, rides_url: String) -> GatewayConfig {
     GatewayConfig {
-        users_url,
-        rides_url,
-        upstream_timeout: Duration::from_secs(10),
+        users: Upstream::http(users_url, Duration::from_secs(10)),
+        rides: Upstream::http(rides_url, Duration::from_secs(10)),
     }
 }
 
 pub fn rides_config(gateway_url: String, origin: String) -> RidesConfig {
     RidesConfig {
-        gateway_url,
+        gateway: Upstream::http(gateway_url, Duration::from_secs(10)),
         origin,
-        users_timeout: Duration::from_secs(10),
     }
 }
 

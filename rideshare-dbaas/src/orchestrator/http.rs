@@ -58,9 +58,9 @@ pub fn orchestrator_router(orchestrator: Arc<Orchestrator>, limits: ServiceLimit
     limits.edge(limits.apply(router))
 }
 
-/// The details go to the log; the client learns only that it may try again.
-fn unavailable(e: Error) -> ApiError {
-    tracing::warn!(error = %e, "database request failed");
+/// The details went to the log (`client_write`, `client_read`); the client learns only that it
+/// may try again.
+fn unavailable(_: Error) -> ApiError {
     ApiError::unavailable("the database is unavailable; try again shortly")
 }
 
@@ -89,9 +89,7 @@ async fn write(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respon
             ))
         }
     };
-    let ack = o.write(request_id, op).await;
-    o.telemetry.written(&ack);
-    let ack = ack.map_err(unavailable)?;
+    let ack = o.client_write(request_id, op).await.map_err(unavailable)?;
     Ok(Json(ack).into_response())
 }
 
@@ -114,10 +112,7 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
             ))
         }
     };
-    o.count_read();
-    let answer = o.read(op, stale).await;
-    o.telemetry.read(&answer, stale);
-    let answer = answer.map_err(unavailable)?;
+    let answer = o.client_read(op, stale).await.map_err(unavailable)?;
     Ok(Json(answer).into_response())
 }
 
@@ -127,9 +122,7 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
         (status = 400, description = "The database could not be cleared", body = ErrorBody),
     ))]
 async fn clear(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
-    let ack = o.write(RequestId::random(), WriteOp::ClearAll).await;
-    o.telemetry.written(&ack);
-    match ack {
+    match o.client_write(RequestId::random(), WriteOp::ClearAll).await {
         Ok(ack) if ack.outcome == WriteOutcome::Done => Ok(empty(StatusCode::OK)),
         Ok(ack) => Err(ApiError::bad_request(format!(
             "could not clear: {:?}",

@@ -188,6 +188,29 @@ impl Orchestrator {
         self.front.read(op, stale).await
     }
 
+    /// A client's write (the HTTP API's, or an in-process service's): sent, counted in the
+    /// telemetry, and a failure logged.
+    pub async fn client_write(&self, request_id: RequestId, op: WriteOp) -> Result<WriteAck> {
+        let ack = self.write(request_id, op).await;
+        self.telemetry.written(&ack);
+        if let Err(e) = &ack {
+            tracing::warn!(error = %e, "database write failed");
+        }
+        ack
+    }
+
+    /// A client's read: counted for the scaling policy, sent, counted in the telemetry, and a
+    /// failure logged.
+    pub async fn client_read(&self, op: ReadOp, stale: bool) -> Result<ReadAnswer> {
+        self.count_read();
+        let answer = self.read(op, stale).await;
+        self.telemetry.read(&answer, stale);
+        if let Err(e) = &answer {
+            tracing::warn!(error = %e, "database read failed");
+        }
+        answer
+    }
+
     /// Counts one client read for the scaling policy; the first starts the window timer.
     pub fn count_read(&self) {
         self.scaler.count_read();
