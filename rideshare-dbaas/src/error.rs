@@ -36,6 +36,9 @@ pub enum Error {
     /// The worker asked is not (or no longer) the master; the write was not acknowledged.
     #[error("not master")]
     NotMaster,
+    /// A bounded line was full: the call is refused at once rather than queued.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
     #[error("{0} did not answer within {1} ms")]
     Timeout(&'static str, u64),
     /// A message broke the protocol (wrong version, unexpected reply, bad node name).

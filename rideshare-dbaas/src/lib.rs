@@ -10,6 +10,7 @@
 //!
 //! Nothing here opens a socket to RabbitMQ, ZooKeeper or Docker: `rideshare-svc` brings those.
 
+pub mod batch;
 pub mod broker;
 pub mod checker;
 pub mod client;

@@ -6,6 +6,10 @@
 //! - the log: [`LogEntry`]s: epoch markers and writes, each stamped with the master's epoch.
 //!
 //! The log replaces a sync queue: slaves apply it in order, new workers replay it.
+//!
+//! A queue message holds one request, or a batch: a JSON array of requests, answered by one
+//! reply message holding the array of their replies in the same order ([`join_batch`],
+//! [`split_batch`]; the orchestrator batches calls that queue up, see [`crate::batch`]).
 
 use bytes::Bytes;
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
@@ -194,6 +198,45 @@ pub struct ScaleRecord {
     pub slaves: u64,
 }
 
+/// One message of several encoded requests: a JSON array of them, as they are.
+pub fn join_batch(requests: &[&Bytes]) -> Bytes {
+    let mut body = Vec::with_capacity(requests.iter().map(|r| r.len() + 1).sum::<usize>() + 1);
+    body.push(b'[');
+    for (i, request) in requests.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(request);
+    }
+    body.push(b']');
+    Bytes::from(body)
+}
+
+/// Whether a queue message is a batch (a JSON array) rather than one request.
+pub fn is_batch(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// The replies of a batch, each as its own slice of `body` (no copy), checked to be `expected`
+/// many. A lone reply that is not an array (a worker refusing the whole message) is every
+/// call's reply.
+pub fn split_batch(body: &Bytes, expected: usize) -> Result<Vec<Bytes>> {
+    if !is_batch(body) {
+        return Ok(vec![body.clone(); expected]);
+    }
+    let parts: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)?;
+    if parts.len() != expected {
+        return Err(Error::Protocol(format!(
+            "{} replies to a batch of {expected}",
+            parts.len()
+        )));
+    }
+    Ok(parts
+        .into_iter()
+        .map(|part| body.slice_ref(part.get().as_bytes()))
+        .collect())
+}
+
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
     // Serializing these types cannot fail: no maps with non-string keys, no foreign types.
     Bytes::from(serde_json::to_vec(message).unwrap_or_default())
@@ -284,6 +327,20 @@ mod tests {
             decode::<MemberRecord>(member.as_bytes()).unwrap().progress,
             None
         );
+    }
+
+    #[test]
+    fn a_batch_splits_back_into_its_parts_without_copies() {
+        let (a, b) = (
+            Bytes::from_static(br#"{"x":[1,2]}"#),
+            Bytes::from_static(b"{}"),
+        );
+        let batch = join_batch(&[&a, &b]);
+        assert!(is_batch(&batch) && !is_batch(&a));
+        assert_eq!(split_batch(&batch, 2).unwrap(), vec![a.clone(), b]);
+        assert!(split_batch(&batch, 3).is_err());
+        // A lone reply answers every call of the batch.
+        assert_eq!(split_batch(&a, 2).unwrap(), vec![a.clone(), a]);
     }
 
     #[test]

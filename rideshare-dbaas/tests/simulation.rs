@@ -27,11 +27,12 @@ use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
 use rideshare_dbaas::orchestrator::OrchestratorConfig;
 use rideshare_dbaas::policy::ScalePolicy;
+use rideshare_dbaas::batch::Batching;
 use rideshare_dbaas::protocol::{decode_versioned, encode, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::runtime::Runtime;
 use rideshare_dbaas::worker::WorkerConfig;
 
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 8;
 const OPS_PER_CLIENT: usize = 40;
 const FAULT_PHASE: Duration = Duration::from_secs(20);
 
@@ -64,6 +65,12 @@ fn config(seed: u64) -> EmbeddedConfig {
             reconcile_every: Duration::from_millis(100),
             start_grace: Duration::from_secs(5),
             max_in_flight: 64,
+            // Batches of every size up to 8, some collected for a while: writes and reads of
+            // one message face the same faults as lone ones.
+            batching: Batching {
+                max: 1 + (seed % 8) as usize,
+                wait: Duration::from_micros(seed % 3 * 700),
+            },
         },
         worker,
         first_pid: 100,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
+use rideshare_dbaas::batch::Batching;
 
 /// The variable the AMQP URL is read from: it may carry a password, so a child process gets it
 /// in its environment, never on its command line (which `ps` shows every user of the host).
@@ -85,7 +86,39 @@ pub struct OrchestratorArgs {
     #[command(flatten)]
     pub scaling: ScalingArgs,
     #[command(flatten)]
+    pub batching: BatchArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// How the orchestrator batches its calls to the workers that queue up (see
+/// `rideshare_dbaas::batch`).
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Calls in one queue message, at most (1: every call is its own message).
+    #[arg(long, env = "RIDESHARE_BATCH_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_max: u32,
+    /// How long a batch may wait for more calls while an earlier one of its queue is
+    /// unanswered (e.g. `500us`, at most `100ms`; `0s`: it never waits). A lone call never waits.
+    #[arg(long, env = "RIDESHARE_BATCH_WAIT", default_value = "500us", value_parser = parse_batch_wait)]
+    pub batch_wait: Duration,
+}
+
+impl BatchArgs {
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max: self.batch_max as usize,
+            wait: self.batch_wait,
+        }
+    }
+}
+
+fn parse_batch_wait(text: &str) -> Result<Duration, String> {
+    let wait = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if wait > Duration::from_millis(100) {
+        return Err("the batch wait is at most 100ms".into());
+    }
+    Ok(wait)
 }
 
 /// Bounds, access and zone every HTTP service takes.
@@ -163,6 +196,7 @@ impl OrchestratorArgs {
             engines,
             runtime,
             scaling,
+            batching,
             http,
         } = self;
         let mut argv: Vec<OsString> = vec![Self::SUBCOMMAND.into()];
@@ -191,6 +225,12 @@ impl OrchestratorArgs {
         flag("scale-interval", duration(*scale_interval));
         flag("reads-per-slave", reads_per_slave.to_string().into());
         flag("max-slaves", max_slaves.to_string().into());
+        let BatchArgs {
+            batch_max,
+            batch_wait,
+        } = batching;
+        flag("batch-max", batch_max.to_string().into());
+        flag("batch-wait", duration(*batch_wait));
         let insecure_no_auth = http.push_args(&mut flag);
         if insecure_no_auth {
             argv.push("--insecure-no-auth".into());

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use rideshare_core::api::AdminToken;
 
 use crate::args::{
-    parse_admin_token, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, ScalingArgs,
+    parse_admin_token, BatchArgs, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, ScalingArgs,
     ADMIN_TOKEN_ENV,
 };
 
@@ -193,6 +193,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub scaling: ScalingArgs,
     #[command(flatten)]
+    pub batching: BatchArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
     pub hashing: HashingArgs,
@@ -212,7 +214,7 @@ mod tests {
 
     use super::{Cli, Command};
     use crate::args::{
-        EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
+        BatchArgs, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
     };
 
     /// Flags unlike every default (and unlike one another), so a flag that `to_args` left out
@@ -238,6 +240,10 @@ mod tests {
                 scale_interval: Duration::from_secs(7),
                 reads_per_slave: 210,
                 max_slaves: 9,
+            },
+            batching: BatchArgs {
+                batch_max: 7,
+                batch_wait: Duration::from_micros(1_250),
             },
             http: HttpArgs {
                 max_body_bytes: 4_096,

@@ -18,7 +18,7 @@ use rideshare_dbaas::policy::ScalePolicy;
 use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
 use tokio::sync::watch;
 
-use crate::args::{HttpArgs, OrchestratorArgs, ScalingArgs};
+use crate::args::{BatchArgs, HttpArgs, OrchestratorArgs, ScalingArgs};
 use crate::cli::{GatewayArgs, HashingArgs, RidesArgs, UsersArgs, WorkerArgs};
 use crate::engines::runtime;
 use crate::observe;
@@ -66,8 +66,10 @@ impl HashingArgs {
 }
 
 impl ScalingArgs {
-    pub fn orchestrator_config(&self) -> OrchestratorConfig {
+    /// The orchestrator's configuration from its scaling and batching flags.
+    pub fn orchestrator_config(&self, batching: &BatchArgs) -> OrchestratorConfig {
         OrchestratorConfig {
+            batching: batching.batching(),
             scale_window: self.scale_interval,
             policy: ScalePolicy {
                 reads_per_slave: self.reads_per_slave,
@@ -148,7 +150,7 @@ pub async fn orchestrator(
     let engines = args.engines.connect().await?;
     let runtime = runtime(&args.engines, &args.runtime).await?;
     let running = Orchestrator::start(
-        args.scaling.orchestrator_config(),
+        args.scaling.orchestrator_config(&args.batching),
         engines.orchestrator_deps(runtime),
     )
     .await

@@ -77,7 +77,7 @@ enum Dbaas {
 
 impl Dbaas {
     async fn start(args: &UpArgs) -> anyhow::Result<Self> {
-        let config = args.scaling.orchestrator_config();
+        let config = args.scaling.orchestrator_config(&args.batching);
         if !args.engines.is_real() {
             let log_path = args.data_dir.join("rideshare.log");
             let log = FileLog::open(&log_path)

@@ -3,6 +3,7 @@
 //! acknowledged index, which a strong read asks its slave to have applied.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tokio::sync::{watch, RwLock, RwLockWriteGuard};
 
 use super::api::{ReadAnswer, WriteAck};
 use super::OrchestratorConfig;
+use crate::batch::Batcher;
 use crate::error::{Error, Result};
 use crate::protocol::{
     decode_versioned, encode, ReadRequest, Refusal, Reply, WriteRequest, READ_QUEUE, VERSION,
@@ -29,7 +31,9 @@ pub(super) struct Front {
     attempt_timeout: Duration,
     /// Tries per write or read, and the pause between them (a failover in progress).
     retry: RetryPolicy,
-    rpc: RpcClient,
+    /// The lines of calls to the write and the read queue, each sent in batches.
+    writes: Batcher,
+    reads: Batcher,
     /// The highest log index acknowledged to a client: reads wait for it.
     acked: AtomicU64,
     /// Every write holds it shared; a switchover takes it alone to hold new writes.
@@ -82,10 +86,21 @@ impl Front {
         acked: u64,
         master_changes: watch::Receiver<u64>,
     ) -> Self {
+        let rpc = Arc::new(rpc);
+        let batcher = |queue| {
+            Batcher::start(
+                Arc::clone(&rpc),
+                queue,
+                config.batching,
+                config.max_in_flight,
+                config.attempt_timeout,
+            )
+        };
         Front {
             attempt_timeout: config.attempt_timeout,
             retry: RetryPolicy::fixed(config.attempts, config.retry_pause),
-            rpc,
+            writes: batcher(WRITE_QUEUE),
+            reads: batcher(READ_QUEUE),
             acked: AtomicU64::new(acked),
             write_gate: RwLock::new(()),
             master_changes,
@@ -98,7 +113,7 @@ impl Front {
 
     /// Calls waiting for a worker's answer now.
     pub(super) fn calls_waiting(&self) -> usize {
-        self.rpc.waiting()
+        self.writes.waiting() + self.reads.waiting()
     }
 
     /// Holds new writes (for a switchover) once the writes in flight have finished, or `None`
@@ -152,7 +167,7 @@ impl Front {
         loop {
             let may_republish = republished.load(Ordering::SeqCst) < MAX_REPUBLISH;
             let answer = tokio::select! {
-                answer = self.call(WRITE_QUEUE, body.clone()) => answer,
+                answer = self.call(&self.writes, body.clone()) => answer,
                 _ = changes.changed(), if may_republish => {
                     republished.fetch_add(1, Ordering::SeqCst);
                     continue;
@@ -197,7 +212,7 @@ impl Front {
     }
 
     async fn read_once(&self, body: &Bytes) -> std::result::Result<ReadAnswer, Failure> {
-        match self.call(READ_QUEUE, body.clone()).await {
+        match self.call(&self.reads, body.clone()).await {
             Ok(Reply::Read {
                 applied_index,
                 worker,
@@ -212,8 +227,8 @@ impl Front {
         }
     }
 
-    async fn call(&self, queue: &str, body: Bytes) -> Result<Reply> {
-        let bytes = self.rpc.call(queue, body, self.attempt_timeout).await?;
+    async fn call(&self, line: &Batcher, body: Bytes) -> Result<Reply> {
+        let bytes = line.call(body, self.attempt_timeout).await?;
         decode_versioned::<Reply>(&bytes)
     }
 }

@@ -31,6 +31,7 @@ use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::batch::Batching;
 use crate::broker::Broker;
 use crate::coord::Coordinator;
 use crate::error::Result;
@@ -67,6 +68,8 @@ pub struct OrchestratorConfig {
     pub start_grace: Duration,
     /// Calls in flight at once, at most.
     pub max_in_flight: usize,
+    /// How calls that queue up are batched into queue messages.
+    pub batching: Batching,
 }
 
 impl Default for OrchestratorConfig {
@@ -81,6 +84,7 @@ impl Default for OrchestratorConfig {
             reconcile_every: Duration::from_millis(250),
             start_grace: Duration::from_secs(30),
             max_in_flight: 1024,
+            batching: Batching::default(),
         }
     }
 }

@@ -10,8 +10,8 @@ use crate::broker::{Broker, Delivery, Message};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::protocol::{
-    decode_versioned, encode, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role, WriteRequest,
-    READ_QUEUE, VERSION, WRITE_QUEUE,
+    decode_versioned, encode, is_batch, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role,
+    Versioned, WriteRequest, READ_QUEUE, VERSION, WRITE_QUEUE,
 };
 use crate::registry::Registry;
 
@@ -51,12 +51,52 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn reply(broker: &dyn Broker, delivery: &Delivery, reply: &Reply) {
+/// The requests of one queue message: one, or a batch (a JSON array) answered by an array.
+fn decode_requests<T: serde::de::DeserializeOwned + Versioned>(
+    body: &[u8],
+) -> Result<(Vec<T>, bool)> {
+    if !is_batch(body) {
+        return Ok((vec![decode_versioned::<T>(body)?], false));
+    }
+    let requests: Vec<T> = crate::protocol::decode(body)?;
+    if let Some(other) = requests.iter().find(|r| r.version() != VERSION) {
+        return Err(Error::Protocol(format!(
+            "protocol version {} (this build speaks {VERSION})",
+            other.version()
+        )));
+    }
+    Ok((requests, true))
+}
+
+/// Answers one queue message: its requests' replies, an array for a batch; a message that
+/// does not decode gets one refusal.
+async fn answer_message<T, F>(body: &[u8], handle: impl FnOnce(Vec<T>) -> F) -> bytes::Bytes
+where
+    T: serde::de::DeserializeOwned + Versioned,
+    F: std::future::Future<Output = Vec<Reply>>,
+{
+    match decode_requests::<T>(body) {
+        Err(e) => encode(&Reply::refused(Refusal::BadRequest, e.to_string())),
+        Ok((requests, batch)) => {
+            let mut replies = handle(requests).await;
+            match (batch, replies.pop()) {
+                (false, Some(reply)) => encode(&reply),
+                (true, Some(last)) => {
+                    replies.push(last);
+                    encode(&replies)
+                }
+                (_, None) => encode(&replies),
+            }
+        }
+    }
+}
+
+async fn reply(broker: &dyn Broker, delivery: &Delivery, body: bytes::Bytes) {
     let Some(reply_to) = delivery.message.reply_to.as_deref() else {
         return;
     };
     let message = Message {
-        body: encode(reply),
+        body,
         correlation_id: delivery.message.correlation_id.clone(),
         reply_to: None,
     };
@@ -78,11 +118,11 @@ async fn serve_reads(shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Result<()>
         let shared = Arc::clone(&shared);
         let broker = Arc::clone(&broker);
         handlers.spawn(async move {
-            let answer = match decode_versioned::<ReadRequest>(&delivery.message.body) {
-                Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
-                Ok(request) => handle_read(&shared, request).await,
-            };
-            reply(broker.as_ref(), &delivery, &answer).await;
+            let answer = answer_message(&delivery.message.body, |requests| {
+                handle_reads(&shared, requests)
+            })
+            .await;
+            reply(broker.as_ref(), &delivery, answer).await;
             let _ = delivery.ack().await;
         });
     }
@@ -103,36 +143,54 @@ fn reply_kind(reply: &Reply) -> &'static str {
     }
 }
 
-/// Answers one read once the replica has applied its `min_index` (bounded). Its span carries
-/// the HTTP request id, so the worker's lines can be found with the gateway's, the service's
-/// and the orchestrator's.
+/// Answers the reads of one message once the replica has applied their `min_index` (the wait
+/// is bounded; a read whose index is still not applied is refused as behind), in one handoff
+/// to the store. Its span carries the HTTP request ids, so the worker's lines can be found with
+/// the gateway's, the service's and the orchestrator's.
 #[tracing::instrument(
     name = "db",
     skip_all,
-    fields(request_id = request.trace.as_deref().unwrap_or_default(), worker = %shared.config.id),
+    fields(request_id = %traces(requests.iter().map(|r| r.trace.as_deref())), worker = %shared.config.id),
 )]
-async fn handle_read(shared: &Shared, request: ReadRequest) -> Reply {
-    let answer = if !shared
-        .wait_applied(request.min_index, shared.config.read_wait)
-        .await
-    {
-        Reply::refused(
-            Refusal::Behind,
-            format!("index {} not applied in time", request.min_index),
-        )
-    } else {
-        match shared.store.read(request.op).await {
-            Ok((applied_index, outcome)) => Reply::Read {
-                v: VERSION,
-                applied_index,
-                worker: shared.config.id.clone(),
-                outcome,
-            },
-            Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
-        }
+async fn handle_reads(shared: &Shared, requests: Vec<ReadRequest>) -> Vec<Reply> {
+    let min_index = requests.iter().map(|r| r.min_index).max().unwrap_or(0);
+    let _ = shared
+        .wait_applied(min_index, shared.config.read_wait)
+        .await;
+    let (min_indexes, ops): (Vec<u64>, Vec<_>) =
+        requests.into_iter().map(|r| (r.min_index, r.op)).unzip();
+    let replies = match shared.store.read(ops).await {
+        Err(e) => min_indexes
+            .iter()
+            .map(|_| Reply::refused(Refusal::Unavailable, e.to_string()))
+            .collect(),
+        Ok(reads) => min_indexes
+            .into_iter()
+            .zip(reads.outcomes)
+            .map(|(min_index, outcome)| match outcome {
+                _ if min_index > reads.applied_index => Reply::refused(
+                    Refusal::Behind,
+                    format!("index {min_index} not applied in time"),
+                ),
+                Ok(outcome) => Reply::Read {
+                    v: VERSION,
+                    applied_index: reads.applied_index,
+                    worker: shared.config.id.clone(),
+                    outcome,
+                },
+                Err(e) => Reply::refused(Refusal::Unavailable, e.to_string()),
+            })
+            .collect(),
     };
-    tracing::debug!(reply = reply_kind(&answer), "read answered");
-    answer
+    for answer in &replies {
+        tracing::debug!(reply = reply_kind(answer), "read answered");
+    }
+    replies
+}
+
+/// The HTTP request ids of a message's requests, for its span.
+fn traces<'a>(ids: impl Iterator<Item = Option<&'a str>>) -> String {
+    ids.flatten().collect::<Vec<_>>().join(",")
 }
 
 /// The master's write server: append, wait until applied, answer, ack.
@@ -158,11 +216,17 @@ async fn serve_writes(
         let shared = Arc::clone(&shared);
         let deps = deps.clone();
         handlers.spawn(async move {
-            let answer = match decode_versioned::<WriteRequest>(&delivery.message.body) {
-                Err(e) => Reply::refused(Refusal::BadRequest, e.to_string()),
-                Ok(request) => handle_write(&shared, deps.log.as_ref(), request, epoch).await,
-            };
-            reply(deps.broker.as_ref(), &delivery, &answer).await;
+            // A batch's writes are independent requests: appended and waited for side by side,
+            // each answered by its own reply.
+            let answer = answer_message(&delivery.message.body, |requests| {
+                futures::future::join_all(
+                    requests
+                        .into_iter()
+                        .map(|request| handle_write(&shared, deps.log.as_ref(), request, epoch)),
+                )
+            })
+            .await;
+            reply(deps.broker.as_ref(), &delivery, answer).await;
             // Acked after the reply: a crash in between redelivers, and the request id
             // makes the second application a no-op with the first outcome.
             let _ = delivery.ack().await;

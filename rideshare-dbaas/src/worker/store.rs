@@ -23,7 +23,7 @@ type Answer<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
     Apply(Vec<Vec<Record>>, Answer<Applied>),
-    Read(ReadOp, Answer<(u64, ReadOutcome)>),
+    Read(Vec<ReadOp>, Answer<Reads>),
     Digest(Answer<StateDigest>),
     Promote(u64, Answer<()>),
 }
@@ -43,6 +43,12 @@ pub(super) struct Group {
 pub(super) struct Applied {
     pub groups: Vec<Group>,
     pub failed: Option<Error>,
+}
+
+/// What several reads found, in their order, and the applied index they all saw.
+pub(super) struct Reads {
+    pub applied_index: u64,
+    pub outcomes: Vec<Result<ReadOutcome>>,
 }
 
 /// The async side's way to the store thread; cheap to share behind the worker's `Arc`.
@@ -80,8 +86,10 @@ impl StoreHandle {
     }
 
     /// Answers a read with the applied index it was answered at.
-    pub async fn read(&self, op: ReadOp) -> Result<(u64, ReadOutcome)> {
-        self.call(|answer| Command::Read(op, answer)).await
+    /// Answers reads one after another, in one handoff to the store thread (a batch of reads
+    /// pays for one), all at the same applied index.
+    pub async fn read(&self, ops: Vec<ReadOp>) -> Result<Reads> {
+        self.call(|answer| Command::Read(ops, answer)).await
     }
 
     /// The applied index and the checksum of the data there, read together.
@@ -134,8 +142,8 @@ impl Owner {
                 Command::Apply(groups, answer) => {
                     let _ = answer.send(Ok(self.apply_all(groups)));
                 }
-                Command::Read(op, answer) => {
-                    let _ = answer.send(self.read(&op));
+                Command::Read(ops, answer) => {
+                    let _ = answer.send(self.read(&ops));
                 }
                 Command::Digest(answer) => {
                     let _ = answer.send(self.digest());
@@ -194,9 +202,16 @@ impl Owner {
         })
     }
 
-    fn read(&mut self, op: &ReadOp) -> Result<(u64, ReadOutcome)> {
-        let applied_index = self.machine.applied_index().unwrap_or_default();
-        Ok((applied_index, self.machine.read(op)?))
+    fn read(&mut self, ops: &[ReadOp]) -> Result<Reads> {
+        let applied_index = self.machine.applied_index()?;
+        let outcomes = ops
+            .iter()
+            .map(|op| self.machine.read(op).map_err(Error::from))
+            .collect();
+        Ok(Reads {
+            applied_index,
+            outcomes,
+        })
     }
 
     fn digest(&mut self) -> Result<StateDigest> {

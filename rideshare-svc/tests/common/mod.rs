@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
-use rideshare_svc::args::{EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs};
+use rideshare_svc::args::{BatchArgs, EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs};
 use rideshare_svc::cli::{HashingArgs, UpArgs};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
@@ -49,6 +49,10 @@ pub fn up_args(
             scale_interval,
             reads_per_slave: 20,
             max_slaves: 16,
+        },
+        batching: BatchArgs {
+            batch_max: 64,
+            batch_wait: Duration::from_micros(500),
         },
         http: HttpArgs {
             max_body_bytes: 1024 * 1024,
