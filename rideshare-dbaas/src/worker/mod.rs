@@ -69,6 +69,10 @@ pub struct WorkerConfig {
     pub write_wait: Duration,
     /// Bound on catching up with the log at start.
     pub catch_up_wait: Duration,
+    /// A catch-up that applies nothing for this long has stalled (its log reader hangs, as
+    /// a RabbitMQ stream consumer made while the broker restarts was seen to): the worker
+    /// stops and is replaced rather than wait out `catch_up_wait`.
+    pub catch_up_stall: Duration,
     /// Log entries applied in one commit group at most: those already waiting when one arrives
     /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
     /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
@@ -90,6 +94,7 @@ impl WorkerConfig {
             read_wait: Duration::from_secs(2),
             write_wait: Duration::from_secs(5),
             catch_up_wait: Duration::from_secs(300),
+            catch_up_stall: Duration::from_secs(15),
             apply_group: 256,
             ready: Arc::default(),
             http: None,
@@ -207,11 +212,7 @@ async fn catch_up(
     let config = &shared.config;
     let end = deps.log.end().await?;
     tokio::select! {
-        caught_up = shared.wait_applied(end, config.catch_up_wait) => {
-            if !caught_up {
-                return Err(Error::Timeout("catch-up", duration_ms(config.catch_up_wait)));
-            }
-        }
+        caught_up = wait_progressing(shared, end) => caught_up?,
         _ = registry.lost() => return Err(Error::SessionExpired),
     }
     let catch_up = CatchUp {
@@ -230,6 +231,38 @@ async fn catch_up(
     config.ready.store(true, Ordering::SeqCst);
     metrics::gauge!("rideshare_worker_caught_up", "worker" => config.id.clone()).set(1.0);
     Ok(())
+}
+
+/// Waits until `end` is applied: at most `catch_up_wait` in all, and at most `catch_up_stall`
+/// without applying anything.
+async fn wait_progressing(shared: &Shared, end: u64) -> Result<()> {
+    let config = &shared.config;
+    let started = Instant::now();
+    let mut seen = shared.position.borrow().index;
+    loop {
+        let left = config.catch_up_wait.saturating_sub(started.elapsed());
+        if shared
+            .wait_applied(end, config.catch_up_stall.min(left))
+            .await
+        {
+            return Ok(());
+        }
+        let now = shared.position.borrow().index;
+        if left <= config.catch_up_stall {
+            return Err(Error::Timeout(
+                "catch-up",
+                duration_ms(config.catch_up_wait),
+            ));
+        }
+        if now == seen {
+            tracing::warn!(applied = now, end, "catch-up stalled: nothing applied");
+            return Err(Error::Timeout(
+                "catch-up (stalled)",
+                duration_ms(config.catch_up_stall),
+            ));
+        }
+        seen = now;
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
