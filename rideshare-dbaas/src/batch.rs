@@ -35,7 +35,7 @@ impl Default for Batching {
     fn default() -> Self {
         Batching {
             max: 64,
-            wait: Duration::from_micros(500),
+            wait: Duration::from_micros(100),
         }
     }
 }

@@ -100,7 +100,7 @@ pub struct BatchArgs {
     pub batch_max: u32,
     /// How long a batch may wait for more calls while an earlier one of its queue is
     /// unanswered (e.g. `500us`, at most `100ms`; `0s`: it never waits). A lone call never waits.
-    #[arg(long, env = "RIDESHARE_BATCH_WAIT", default_value = "500us", value_parser = parse_batch_wait)]
+    #[arg(long, env = "RIDESHARE_BATCH_WAIT", default_value = "100us", value_parser = parse_batch_wait)]
     pub batch_wait: Duration,
 }
 

@@ -52,7 +52,7 @@ pub fn up_args(
         },
         batching: BatchArgs {
             batch_max: 64,
-            batch_wait: Duration::from_micros(500),
+            batch_wait: Duration::from_micros(100),
         },
         http: HttpArgs {
             max_body_bytes: 1024 * 1024,
