@@ -78,14 +78,10 @@ where
     match decode_requests::<T>(body) {
         Err(e) => encode(&Reply::refused(Refusal::BadRequest, e.to_string())),
         Ok((requests, batch)) => {
-            let mut replies = handle(requests).await;
-            match (batch, replies.pop()) {
-                (false, Some(reply)) => encode(&reply),
-                (true, Some(last)) => {
-                    replies.push(last);
-                    encode(&replies)
-                }
-                (_, None) => encode(&replies),
+            let replies = handle(requests).await;
+            match replies.as_slice() {
+                [reply] if !batch => encode(reply),
+                _ => encode(&replies),
             }
         }
     }
