@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?
     {
-        println!("upcoming after {after}: {}", serde_json::to_string(&rides)?);
+        println!("upcoming after {after}: {}", rides.json());
     }
     if let ReadOutcome::Ride { ride: Some(ride) } = db.read(ReadOp::GetRide { ride_id }).await? {
         println!("ride {ride_id}: {}", serde_json::to_string(&ride)?);

@@ -15,7 +15,9 @@ use crate::area::Area;
 use crate::checksum::StateChecksum;
 use crate::domain::{RideId, Timestamp, Username};
 use crate::error::StoreError;
-use crate::ops::{ReadOp, ReadOutcome, RequestId, RideDetail, RideSummary, WriteOp, WriteOutcome};
+use crate::ops::{
+    ReadOp, ReadOutcome, RequestId, RideDetail, RideList, RideSummary, WriteOp, WriteOutcome,
+};
 
 /// How many recent request ids a store remembers for deduplication. A redelivery older than
 /// this many later writes is not expected: the queues redeliver within seconds.
@@ -244,8 +246,8 @@ pub fn query<S: Store + ?Sized>(store: &mut S, op: &ReadOp) -> Result<ReadOutcom
             source,
             destination,
             after,
-        } => ReadOutcome::Rides {
-            rides: store
+        } => {
+            let rides: Vec<RideSummary> = store
                 .upcoming(*source, *destination, *after)?
                 .into_iter()
                 .map(|r| RideSummary {
@@ -253,8 +255,11 @@ pub fn query<S: Store + ?Sized>(store: &mut S, op: &ReadOp) -> Result<ReadOutcom
                     username: r.created_by,
                     timestamp: r.timestamp,
                 })
-                .collect(),
-        },
+                .collect();
+            ReadOutcome::Rides {
+                rides: RideList::new(&rides).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            }
+        }
         ReadOp::GetRide { ride_id } => ReadOutcome::Ride {
             ride: match store.ride(*ride_id)? {
                 None => None,

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
@@ -70,9 +71,12 @@ pub enum Refusal {
     BadRequest,
 }
 
-/// A worker's answer.
+/// A worker's answer. Encoded with its kind in `reply`; decoded through [`ReplyWire`], a plain
+/// struct, because serde's internally tagged enums buffer the whole message before choosing the
+/// variant (a long listing's every ride, twice with the outcome's own tag) and a
+/// [`rideshare_core::ops::RideList`] cannot be read from that buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
+#[serde(tag = "reply", rename_all = "snake_case", try_from = "ReplyWire")]
 pub enum Reply {
     Written {
         v: u8,
@@ -94,6 +98,62 @@ pub enum Reply {
         refusal: Refusal,
         message: String,
     },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReplyKind {
+    Written,
+    Read,
+    Refused,
+}
+
+/// Every field any [`Reply`] carries, read in one pass whatever their order; the outcome is
+/// kept as text until the kind says which outcome it is.
+#[derive(Deserialize)]
+struct ReplyWire {
+    reply: ReplyKind,
+    v: Option<u8>,
+    index: Option<u64>,
+    epoch: Option<u64>,
+    worker: Option<String>,
+    outcome: Option<Box<RawValue>>,
+    applied_index: Option<u64>,
+    refusal: Option<Refusal>,
+    message: Option<String>,
+}
+
+impl TryFrom<ReplyWire> for Reply {
+    type Error = String;
+    fn try_from(w: ReplyWire) -> std::result::Result<Self, String> {
+        fn required<T>(field: Option<T>, name: &str) -> std::result::Result<T, String> {
+            field.ok_or_else(|| format!("missing field `{name}`"))
+        }
+        let outcome = |raw: Option<Box<RawValue>>| required(raw, "outcome");
+        let v = required(w.v, "v")?;
+        Ok(match w.reply {
+            ReplyKind::Written => Reply::Written {
+                v,
+                index: required(w.index, "index")?,
+                epoch: required(w.epoch, "epoch")?,
+                worker: required(w.worker, "worker")?,
+                outcome: serde_json::from_str(outcome(w.outcome)?.get())
+                    .map_err(|e| format!("outcome: {e}"))?,
+            },
+            ReplyKind::Read => Reply::Read {
+                v,
+                applied_index: required(w.applied_index, "applied_index")?,
+                worker: required(w.worker, "worker")?,
+                outcome: serde_json::from_str(outcome(w.outcome)?.get())
+                    .map_err(|e| format!("outcome: {e}"))?,
+            },
+            ReplyKind::Refused => Reply::Refused {
+                v,
+                refusal: required(w.refusal, "refusal")?,
+                message: required(w.message, "message")?,
+            },
+        })
+    }
 }
 
 impl Reply {
@@ -341,6 +401,58 @@ mod tests {
         assert!(split_batch(&batch, 3).is_err());
         // A lone reply answers every call of the batch.
         assert_eq!(split_batch(&a, 2).unwrap(), vec![a.clone(), a]);
+    }
+
+    #[test]
+    fn replies_round_trip_whatever_the_order_of_their_fields() {
+        use rideshare_core::domain::{RideId, Timestamp, Username};
+        use rideshare_core::ops::{RideList, RideSummary};
+        let ride = RideSummary {
+            ride_id: RideId(1),
+            username: Username::parse("asha").unwrap(),
+            timestamp: Timestamp::parse("01-09-2030:05-10-17").unwrap(),
+        };
+        let replies = [
+            Reply::Written {
+                v: VERSION,
+                index: 7,
+                epoch: 2,
+                worker: "w1".into(),
+                outcome: WriteOutcome::RideCreated { ride_id: RideId(1) },
+            },
+            Reply::Read {
+                v: VERSION,
+                applied_index: 7,
+                worker: "w2".into(),
+                outcome: ReadOutcome::Rides {
+                    rides: RideList::new(&[ride]).unwrap(),
+                },
+            },
+            Reply::refused(Refusal::Behind, "at 3"),
+        ];
+        for reply in replies {
+            let bytes = encode(&reply);
+            assert_eq!(decode_versioned::<Reply>(&bytes).unwrap(), reply);
+        }
+        let kind_last = r#"{"v":1,"applied_index":3,"worker":"w","outcome":{"count":2,"result":"count"},"reply":"read"}"#;
+        assert_eq!(
+            decode_versioned::<Reply>(kind_last.as_bytes()).unwrap(),
+            Reply::Read {
+                v: 1,
+                applied_index: 3,
+                worker: "w".into(),
+                outcome: ReadOutcome::Count { count: 2 },
+            }
+        );
+        for bad in [
+            r#"{"v":1,"reply":"read","applied_index":3,"worker":"w"}"#,
+            r#"{"v":1,"reply":"read","applied_index":3,"worker":"w","outcome":{"result":"x"}}"#,
+            r#"{"v":1,"reply":"written","index":1,"epoch":1,"worker":"w","outcome":{"count":2,"result":"count"}}"#,
+            r#"{"v":1,"reply":"refused","refusal":"behind"}"#,
+            r#"{"reply":"refused","refusal":"behind","message":"m"}"#,
+        ] {
+            assert!(decode_versioned::<Reply>(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

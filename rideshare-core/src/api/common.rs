@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, MethodRouter};
@@ -22,7 +22,7 @@ use super::admin::{require_admin, AdminToken};
 use super::path::guard_path;
 use crate::db::{Db, DbError};
 use crate::error::ValidationError;
-use crate::ops::{ReadOutcome, WriteOp, WriteOutcome};
+use crate::ops::{ReadOutcome, RideList, WriteOp, WriteOutcome};
 
 /// Bounds and access rules every service applies at its edge.
 #[derive(Clone, Debug)]
@@ -202,6 +202,23 @@ pub fn list_or_no_content<T: serde::Serialize>(items: Vec<T>) -> Response {
         StatusCode::NO_CONTENT.into_response()
     } else {
         Json(items).into_response()
+    }
+}
+
+/// An upcoming-rides listing: 204 when there is none, else its JSON text as the store's replica
+/// encoded it, passed on without decoding it again.
+pub fn ride_list_or_no_content(rides: RideList) -> Response {
+    if rides.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            String::from(rides.into_json()),
+        )
+            .into_response()
     }
 }
 

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::common::{
-    clear_with, empty, field, health_route, json_object, list_or_no_content, not_found,
+    clear_with, empty, field, health_route, json_object, not_found, ride_list_or_no_content,
     string_field, unexpected_read, with_counter, ApiError, RequestCounter, ServiceLimits,
 };
 use super::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody, JoinRide, NewRide};
@@ -189,7 +189,7 @@ async fn list_rides<D: Db>(
         after: state.clock.now(),
     };
     match state.db.read(op).await? {
-        ReadOutcome::Rides { rides } => Ok(list_or_no_content(rides)),
+        ReadOutcome::Rides { rides } => Ok(ride_list_or_no_content(rides)),
         other => Err(unexpected_read(other)),
     }
 }
