@@ -83,13 +83,13 @@ pub trait Store: Send {
     fn rides_of(&mut self, username: &Username) -> Result<Vec<RideId>, StoreError>;
     /// Joined users of a ride in join order.
     fn riders(&mut self, id: RideId) -> Result<Vec<Username>, StoreError>;
-    /// Rides between two areas strictly after `after`, ordered by time then id.
+    /// Rides between two areas strictly after `after`, ordered by time then id, as listed.
     fn upcoming(
         &mut self,
         source: Area,
         destination: Area,
         after: Timestamp,
-    ) -> Result<Vec<Ride>, StoreError>;
+    ) -> Result<Vec<RideSummary>, StoreError>;
     fn ride_count(&mut self) -> Result<u64, StoreError>;
     /// The id the next ride gets; starts at 1.
     fn next_ride_id(&mut self) -> Result<u64, StoreError>;
@@ -246,20 +246,10 @@ pub fn query<S: Store + ?Sized>(store: &mut S, op: &ReadOp) -> Result<ReadOutcom
             source,
             destination,
             after,
-        } => {
-            let rides: Vec<RideSummary> = store
-                .upcoming(*source, *destination, *after)?
-                .into_iter()
-                .map(|r| RideSummary {
-                    ride_id: r.id,
-                    username: r.created_by,
-                    timestamp: r.timestamp,
-                })
-                .collect();
-            ReadOutcome::Rides {
-                rides: RideList::new(&rides).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            }
-        }
+        } => ReadOutcome::Rides {
+            rides: RideList::new(&store.upcoming(*source, *destination, *after)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        },
         ReadOp::GetRide { ride_id } => ReadOutcome::Ride {
             ride: match store.ride(*ride_id)? {
                 None => None,
@@ -466,7 +456,7 @@ impl<S: Store + ?Sized> Store for Box<S> {
         source: Area,
         destination: Area,
         after: Timestamp,
-    ) -> Result<Vec<Ride>, StoreError> {
+    ) -> Result<Vec<RideSummary>, StoreError> {
         (**self).upcoming(source, destination, after)
     }
     fn ride_count(&mut self) -> Result<u64, StoreError> {

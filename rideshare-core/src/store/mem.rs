@@ -6,7 +6,7 @@ use crate::area::Area;
 use crate::domain::{RideId, Timestamp, Username};
 use crate::error::StoreError;
 use crate::machine::{Commit, Dump, Mutation, Ride, Store, REQUEST_MEMORY};
-use crate::ops::{RequestId, WriteOutcome};
+use crate::ops::{RequestId, RideSummary, WriteOutcome};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
@@ -118,15 +118,19 @@ impl Store for MemStore {
         source: Area,
         destination: Area,
         after: Timestamp,
-    ) -> Result<Vec<Ride>, StoreError> {
-        let mut rides: Vec<Ride> = self
+    ) -> Result<Vec<RideSummary>, StoreError> {
+        let mut rides: Vec<RideSummary> = self
             .rides
             .values()
             .map(|(r, _)| r)
             .filter(|r| r.source == source && r.destination == destination && r.timestamp > after)
-            .cloned()
+            .map(|r| RideSummary {
+                ride_id: r.id,
+                username: r.created_by.clone(),
+                timestamp: r.timestamp,
+            })
             .collect();
-        rides.sort_by_key(|r| (r.timestamp, r.id));
+        rides.sort_by_key(|r| (r.timestamp, r.ride_id));
         Ok(rides)
     }
 

@@ -15,7 +15,7 @@ use crate::area::Area;
 use crate::domain::{RideId, Timestamp, Username};
 use crate::error::StoreError;
 use crate::machine::{Commit, Dump, Mutation, Ride, Store, REQUEST_MEMORY};
-use crate::ops::{RequestId, WriteOutcome};
+use crate::ops::{RequestId, RideSummary, WriteOutcome};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -133,11 +133,14 @@ fn row_to_ride(row: (i64, String, i64, i32, i32)) -> Result<Ride, StoreError> {
     Ok(Ride {
         id: RideId(to_u64(id)?),
         created_by: Username::parse(&created_by).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        timestamp: Timestamp::from_seconds(at)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad time {at}")))?,
+        timestamp: timestamp(at)?,
         source: area(source)?,
         destination: area(destination)?,
     })
+}
+
+fn timestamp(at: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_seconds(at).ok_or_else(|| StoreError::Corrupt(format!("bad time {at}")))
 }
 
 fn parse_user(name: String) -> Result<Username, StoreError> {
@@ -288,15 +291,25 @@ impl Store for SqliteStore {
         source: Area,
         destination: Area,
         after: Timestamp,
-    ) -> Result<Vec<Ride>, StoreError> {
-        let rows: Vec<(i64, String, i64, i32, i32)> = rides::table
+    ) -> Result<Vec<RideSummary>, StoreError> {
+        // Only the listed columns, all in the index `rides_listing`: no table lookup per ride.
+        let rows: Vec<(i64, String, i64)> = rides::table
             .filter(rides::source.eq(i32::from(source.number())))
             .filter(rides::destination.eq(i32::from(destination.number())))
             .filter(rides::at.gt(after.to_seconds()))
             .order((rides::at.asc(), rides::id.asc()))
+            .select((rides::id, rides::created_by, rides::at))
             .load(&mut self.conn)
             .map_err(db_err)?;
-        rows.into_iter().map(row_to_ride).collect()
+        rows.into_iter()
+            .map(|(id, created_by, at)| {
+                Ok(RideSummary {
+                    ride_id: RideId(to_u64(id)?),
+                    username: parse_user(created_by)?,
+                    timestamp: timestamp(at)?,
+                })
+            })
+            .collect()
     }
 
     fn ride_count(&mut self) -> Result<u64, StoreError> {
