@@ -15,22 +15,28 @@ use crate::error::ValidationError;
 pub const MAX_USERNAME_CHARS: usize = 128;
 
 /// A username: 1..=128 characters, no control characters. Case-sensitive.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Username(String);
 
 impl Username {
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        Self::check(text)?;
+        Ok(Username(text.to_owned()))
+    }
+
+    fn check(text: &str) -> Result<(), ValidationError> {
         if text.is_empty() {
             return Err(ValidationError::BadUsername("must not be empty"));
         }
-        if text.chars().count() > MAX_USERNAME_CHARS {
+        // A text of at most 128 bytes has at most 128 characters: count only longer ones.
+        if text.len() > MAX_USERNAME_CHARS && text.chars().count() > MAX_USERNAME_CHARS {
             return Err(ValidationError::BadUsername("longer than 128 characters"));
         }
         if text.chars().any(char::is_control) {
             return Err(ValidationError::BadUsername("contains control characters"));
         }
-        Ok(Username(text.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -38,10 +44,18 @@ impl Username {
     }
 }
 
+/// Keeps the string it is given (no copy).
 impl TryFrom<String> for Username {
     type Error = ValidationError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Username::parse(&value)
+        Self::check(&value)?;
+        Ok(Username(value))
+    }
+}
+
+impl Serialize for Username {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

@@ -117,8 +117,29 @@ pub struct RideDetail {
 pub struct RideList(Box<RawValue>);
 
 impl RideList {
+    /// Encodes the rides as `[RideSummary]` is encoded. Written by hand rather than through
+    /// serde's derived map serializer, which escapes every key and dispatches per field: this
+    /// runs on a replica's store thread once per listed ride, and was a tenth of its time on a
+    /// long listing. A test holds the text equal to serde's.
     pub fn new(rides: &[RideSummary]) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(rides).map(RideList)
+        let mut out = Vec::with_capacity(2 + rides.len() * 72);
+        out.push(b'[');
+        for (i, ride) in rides.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"rideId\":");
+            out.extend_from_slice(ride.ride_id.0.to_string().as_bytes());
+            out.extend_from_slice(b",\"username\":");
+            serde_json::to_writer(&mut out, ride.username.as_str())?;
+            out.extend_from_slice(b",\"timestamp\":");
+            serde_json::to_writer(&mut out, &ride.timestamp)?;
+            out.push(b'}');
+        }
+        out.push(b']');
+        // Only serde_json output and ASCII went in.
+        let text = String::from_utf8(out).map_err(serde::ser::Error::custom)?;
+        RawValue::from_string(text).map(RideList)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,6 +332,12 @@ mod tests {
             r#"[{"rideId":1,"username":"asha","timestamp":"01-09-2030:05-10-17"},{"rideId":2,"username":"ravi","timestamp":"01-09-2030:05-10-17"}]"#
         );
         assert_eq!(list.rides().unwrap(), rides);
+        assert_eq!(list.json(), serde_json::to_string(&rides).unwrap());
+        let odd = [summary(u64::MAX, "a\"b\\c")];
+        assert_eq!(
+            RideList::new(&odd).unwrap().json(),
+            serde_json::to_string(&odd).unwrap()
+        );
         assert!(!list.is_empty());
         assert!(RideList::new(&[]).unwrap().is_empty());
         assert!(serde_json::from_str::<RideList>(" [\n ] ")

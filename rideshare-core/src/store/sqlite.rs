@@ -132,7 +132,7 @@ fn row_to_ride(row: (i64, String, i64, i32, i32)) -> Result<Ride, StoreError> {
     };
     Ok(Ride {
         id: RideId(to_u64(id)?),
-        created_by: Username::parse(&created_by).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        created_by: parse_user(created_by)?,
         timestamp: timestamp(at)?,
         source: area(source)?,
         destination: area(destination)?,
@@ -144,7 +144,7 @@ fn timestamp(at: i64) -> Result<Timestamp, StoreError> {
 }
 
 fn parse_user(name: String) -> Result<Username, StoreError> {
-    Username::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
+    Username::try_from(name).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResult<()> {
