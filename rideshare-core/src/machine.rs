@@ -71,8 +71,27 @@ pub struct Commit {
     pub mutations: Vec<Mutation>,
 }
 
+/// A second way into a store's data, for reads beside the thread that applies the log (another
+/// SQLite connection to the same file: WAL lets readers run while a writer commits).
+pub trait SnapshotReader: Send {
+    /// Answers `ops` from one consistent state (one read transaction), with the applied index
+    /// of that state.
+    fn read_snapshot(&mut self, ops: &[ReadOp]) -> Result<SnapshotReads, StoreError>;
+}
+
+/// What [`SnapshotReader::read_snapshot`] found: each op's outcome, all at `applied_index`.
+pub struct SnapshotReads {
+    pub applied_index: u64,
+    pub outcomes: Vec<Result<ReadOutcome, StoreError>>,
+}
+
 /// A replica's storage. Queries take `&mut self` because SQLite connections need it.
 pub trait Store: Send {
+    /// A reader of the same data for another thread, where the store has one (a database file);
+    /// `None` where it has not (an in-memory store): then every read goes through this one.
+    fn reader(&self) -> Result<Option<Box<dyn SnapshotReader>>, StoreError> {
+        Ok(None)
+    }
     fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError>;
     /// Usernames in creation order.
     fn list_users(&mut self) -> Result<Vec<Username>, StoreError>;
@@ -433,6 +452,9 @@ impl<S: Store> StateMachine<S> {
 
 /// A boxed store is a store, so replicas can choose theirs at run time.
 impl<S: Store + ?Sized> Store for Box<S> {
+    fn reader(&self) -> Result<Option<Box<dyn SnapshotReader>>, StoreError> {
+        (**self).reader()
+    }
     fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError> {
         (**self).user_exists(username)
     }

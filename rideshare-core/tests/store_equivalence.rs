@@ -273,3 +273,110 @@ fn ride_ids_are_never_reused_after_delete_or_clear() {
     assert_eq!(ids(MemStore::new()), vec![1, 2, 3]);
     assert_eq!(ids(SqliteStore::in_memory().unwrap()), vec![1, 2, 3]);
 }
+
+#[test]
+fn a_reader_answers_from_committed_state_only() {
+    use rideshare_core::error::StoreError;
+    use rideshare_core::ops::ReadOutcome;
+    let users = |read: &rideshare_core::machine::SnapshotReads| match &read.outcomes[0] {
+        Ok(ReadOutcome::Users { users }) => users
+            .iter()
+            .map(|u| u.as_str().to_owned())
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let add = |name: &str| WriteOp::AddUser {
+        username: Username::parse(name).unwrap(),
+        password_hash: "h".into(),
+    };
+    assert!(SqliteStore::in_memory()
+        .unwrap()
+        .reader()
+        .unwrap()
+        .is_none());
+    assert!(MemStore::new().reader().unwrap().is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap();
+    let mut reader = store
+        .reader()
+        .unwrap()
+        .expect("a store on a file has readers");
+    let mut machine = StateMachine::new(store);
+    let empty = reader.read_snapshot(&[ReadOp::ListUsers]).unwrap();
+    assert_eq!((empty.applied_index, users(&empty).len()), (0, 0));
+
+    machine
+        .apply(1, &RequestId("a".into()), &add("ann"))
+        .unwrap();
+    let one = reader
+        .read_snapshot(&[ReadOp::ListUsers, ReadOp::CountRides])
+        .unwrap();
+    assert_eq!(
+        (one.applied_index, users(&one)),
+        (1, vec!["ann".to_owned()])
+    );
+    assert_eq!(one.outcomes.len(), 2);
+
+    // While a commit group is open, the reader sees the state before it, index included.
+    machine
+        .grouped(|m| {
+            m.apply(2, &RequestId("b".into()), &add("bob"))?;
+            let during = reader.read_snapshot(&[ReadOp::ListUsers]).unwrap();
+            assert_eq!(
+                (during.applied_index, users(&during)),
+                (1, vec!["ann".to_owned()])
+            );
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let after = reader.read_snapshot(&[ReadOp::ListUsers]).unwrap();
+    assert_eq!(after.applied_index, 2);
+    assert_eq!(users(&after), ["ann", "bob"]);
+    assert_eq!(
+        format!("{:?}", after.outcomes[0].as_ref().unwrap()),
+        format!("{:?}", machine.read(&ReadOp::ListUsers).unwrap())
+    );
+}
+
+/// Each write adds one user, so a consistent read has exactly as many users as its applied
+/// index. The store commits on another thread meanwhile: a read whose index and answer came
+/// from different states would show it.
+#[test]
+fn a_reader_answers_and_its_index_come_from_one_state_while_commits_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap();
+    let mut reader = store
+        .reader()
+        .unwrap()
+        .expect("a store on a file has readers");
+    let writer = std::thread::spawn(move || {
+        let mut machine = StateMachine::new(store);
+        for index in 1..=3_000u64 {
+            let op = WriteOp::AddUser {
+                username: Username::parse(&format!("u{index}")).unwrap(),
+                password_hash: "h".into(),
+            };
+            machine
+                .apply(index, &RequestId(format!("r{index}")), &op)
+                .unwrap();
+        }
+    });
+    let mut reads = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    while !writer.is_finished() {
+        let read = reader.read_snapshot(&[ReadOp::ListUsers]).unwrap();
+        let Ok(rideshare_core::ops::ReadOutcome::Users { users }) = &read.outcomes[0] else {
+            panic!("{:?}", read.outcomes[0]);
+        };
+        assert_eq!(
+            users.len() as u64,
+            read.applied_index,
+            "after {reads} reads"
+        );
+        seen.insert(read.applied_index);
+        reads += 1;
+    }
+    writer.join().unwrap();
+    assert!(seen.len() > 10, "the reads saw only {} states", seen.len());
+}

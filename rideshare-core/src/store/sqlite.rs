@@ -14,8 +14,10 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::area::Area;
 use crate::domain::{RideId, Timestamp, Username};
 use crate::error::StoreError;
-use crate::machine::{Commit, Dump, Mutation, Ride, Store, REQUEST_MEMORY};
-use crate::ops::{RequestId, RideSummary, WriteOutcome};
+use crate::machine::{
+    query, Commit, Dump, Mutation, Ride, SnapshotReader, SnapshotReads, Store, REQUEST_MEMORY,
+};
+use crate::ops::{ReadOp, RequestId, RideSummary, WriteOutcome};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -74,6 +76,8 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
 
 pub struct SqliteStore {
     conn: SqliteConnection,
+    /// The database file, for readers on other connections; `None` in memory.
+    path: Option<String>,
     /// A group (`begin_group`) holds the transaction open: commits then run inside it.
     grouped: bool,
 }
@@ -90,7 +94,9 @@ impl SqliteStore {
         let url = path
             .to_str()
             .ok_or_else(|| StoreError::Corrupt(format!("path {path:?} is not UTF-8")))?;
-        Self::connect(url)
+        let mut store = Self::connect(url)?;
+        store.path = Some(url.to_owned());
+        Ok(store)
     }
 
     /// A private in-memory database (for tests).
@@ -108,6 +114,7 @@ impl SqliteStore {
             .map_err(StoreError::Sqlite)?;
         Ok(SqliteStore {
             conn,
+            path: None,
             grouped: false,
         })
     }
@@ -214,7 +221,29 @@ fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResul
     Ok(())
 }
 
+/// A reader is another connection to the file; each batch of reads is one read transaction, so
+/// every answer and the applied index come from the same committed state.
+impl SnapshotReader for SqliteStore {
+    fn read_snapshot(&mut self, ops: &[ReadOp]) -> Result<SnapshotReads, StoreError> {
+        AnsiTransactionManager::begin_transaction_sql(&mut self.conn, "BEGIN").map_err(db_err)?;
+        let read = self.applied_index().map(|applied_index| SnapshotReads {
+            applied_index,
+            outcomes: ops.iter().map(|op| query(self, op)).collect(),
+        });
+        // The transaction only read: ending it either way changes nothing.
+        AnsiTransactionManager::commit_transaction(&mut self.conn).map_err(db_err)?;
+        read
+    }
+}
+
 impl Store for SqliteStore {
+    fn reader(&self) -> Result<Option<Box<dyn SnapshotReader>>, StoreError> {
+        match &self.path {
+            Some(path) => Ok(Some(Box::new(SqliteStore::open(Path::new(path))?))),
+            None => Ok(None),
+        }
+    }
+
     fn user_exists(&mut self, username: &Username) -> Result<bool, StoreError> {
         let found: Option<i64> = users::table
             .filter(users::username.eq(username.as_str()))

@@ -77,6 +77,11 @@ pub struct WorkerConfig {
     /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
     /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
     pub apply_group: usize,
+    /// Threads that answer reads on their own connections to the store's file, beside the
+    /// store thread that applies the log (so a long listing neither waits behind a commit
+    /// group nor holds one back, and several are read at once). 0, or a store without a file,
+    /// leaves every read to the store thread.
+    pub read_threads: usize,
     /// Turned on once the worker has caught up with the log and serves (its `/ready`).
     pub ready: Arc<AtomicBool>,
     /// Where this worker serves `/health`, `/ready` and `/metrics`, published in its member
@@ -96,6 +101,7 @@ impl WorkerConfig {
             catch_up_wait: Duration::from_secs(300),
             catch_up_stall: Duration::from_secs(15),
             apply_group: 256,
+            read_threads: 2,
             ready: Arc::default(),
             http: None,
         }
@@ -147,7 +153,7 @@ pub async fn run_worker(
     deps: WorkerDeps,
     store: Box<dyn Store>,
 ) -> Result<()> {
-    let (store, start_index) = StoreHandle::spawn(store, &config.id).await?;
+    let (store, start_index) = StoreHandle::spawn(store, &config.id, config.read_threads).await?;
     let member = MemberRecord {
         id: config.id.clone(),
         pid: config.pid,

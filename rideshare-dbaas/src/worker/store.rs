@@ -6,7 +6,9 @@
 //! queueing without end); each carries a oneshot for its answer. The thread ends when the last
 //! handle is dropped, after the commands already sent.
 
-use rideshare_core::machine::{StateMachine, Store};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rideshare_core::machine::{SnapshotReader, StateMachine, Store};
 use rideshare_core::ops::{ReadOp, ReadOutcome};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,14 +53,30 @@ pub(super) struct Reads {
     pub outcomes: Vec<Result<ReadOutcome>>,
 }
 
-/// The async side's way to the store thread; cheap to share behind the worker's `Arc`.
+/// Reads waiting for one reader thread at most.
+const READS_PER_READER: usize = 16;
+
+type ReadCommand = (Vec<ReadOp>, Answer<Reads>);
+
+/// The async side's way to the store thread and its reader threads; cheap to share behind the
+/// worker's `Arc`.
 pub(super) struct StoreHandle {
     commands: mpsc::Sender<Command>,
+    /// Threads that answer reads on their own connections to the store's file, beside the
+    /// store thread; none for a store without a file (reads then go to the store thread).
+    readers: Vec<mpsc::Sender<ReadCommand>>,
+    next_reader: AtomicUsize,
 }
 
 impl StoreHandle {
-    /// Starts the store thread; returns the handle and the store's applied index.
-    pub async fn spawn(store: Box<dyn Store>, worker: &str) -> Result<(Self, u64)> {
+    /// Starts the store thread and up to `readers` reader threads; returns the handle and the
+    /// store's applied index.
+    pub async fn spawn(store: Box<dyn Store>, worker: &str, readers: usize) -> Result<(Self, u64)> {
+        let mut reader_senders = Vec::with_capacity(readers);
+        for n in 0..readers {
+            let Some(reader) = store.reader()? else { break };
+            reader_senders.push(spawn_reader(reader, worker, n)?);
+        }
         let (commands, received) = mpsc::channel(COMMANDS);
         let (started, start) = oneshot::channel();
         // The thread's log lines (skipped entries) carry the worker like its tasks' do.
@@ -76,7 +94,14 @@ impl StoreHandle {
             })
             .map_err(|e| Error::adapter("starting the store thread", e))?;
         let start_index = wait(start).await?;
-        Ok((StoreHandle { commands }, start_index))
+        Ok((
+            StoreHandle {
+                commands,
+                readers: reader_senders,
+                next_reader: AtomicUsize::new(0),
+            },
+            start_index,
+        ))
     }
 
     /// Applies commit groups in order, each in one transaction, in one handoff to the store
@@ -88,8 +113,32 @@ impl StoreHandle {
     /// Answers a read with the applied index it was answered at.
     /// Answers reads one after another, in one handoff to the store thread (a batch of reads
     /// pays for one), all at the same applied index.
+    ///
+    /// With reader threads, reads go to them (the first with room, from a rotating start), so
+    /// several batches are read at once and none waits behind a commit group; a digest
+    /// (`checksum`) still goes to the store thread, which keeps the running checksum.
     pub async fn read(&self, ops: Vec<ReadOp>) -> Result<Reads> {
-        self.call(|answer| Command::Read(ops, answer)).await
+        if self.readers.is_empty() || ops.iter().any(|op| matches!(op, ReadOp::Checksum)) {
+            return self.call(|answer| Command::Read(ops, answer)).await;
+        }
+        let (answer, answered) = oneshot::channel();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let mut command = (ops, answer);
+        for k in 0..self.readers.len() {
+            match self.readers[(start + k) % self.readers.len()].try_send(command) {
+                Ok(()) => return wait(answered).await,
+                Err(mpsc::error::TrySendError::Full(back)) => command = back,
+                Err(e @ mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Error::adapter("a reader thread ended", e))
+                }
+            }
+        }
+        // All full: wait for room at the one this read started with.
+        self.readers[start % self.readers.len()]
+            .send(command)
+            .await
+            .map_err(|e| Error::adapter("a reader thread ended", e))?;
+        wait(answered).await
     }
 
     /// The applied index and the checksum of the data there, read together.
@@ -114,6 +163,37 @@ impl StoreHandle {
             .map_err(|e| Error::adapter("the store thread ended", e))?;
         wait(answered).await
     }
+}
+
+/// Starts one reader thread; it ends when the handle (its sender) is dropped.
+fn spawn_reader(
+    mut reader: Box<dyn SnapshotReader>,
+    worker: &str,
+    n: usize,
+) -> Result<mpsc::Sender<ReadCommand>> {
+    let (sender, mut received) = mpsc::channel::<ReadCommand>(READS_PER_READER);
+    let span = tracing::info_span!("reader", worker = %worker, reader = n);
+    std::thread::Builder::new()
+        .name(format!("read{n}-{worker}"))
+        .spawn(move || {
+            let _entered = span.entered();
+            while let Some((ops, answer)) = received.blocking_recv() {
+                let read = reader
+                    .read_snapshot(&ops)
+                    .map(|read| Reads {
+                        applied_index: read.applied_index,
+                        outcomes: read
+                            .outcomes
+                            .into_iter()
+                            .map(|o| o.map_err(Error::from))
+                            .collect(),
+                    })
+                    .map_err(Error::from);
+                let _ = answer.send(read);
+            }
+        })
+        .map_err(|e| Error::adapter("starting a reader thread", e))?;
+    Ok(sender)
 }
 
 /// Waits for the store thread's answer on tokio's blocking pool rather than awaiting the
