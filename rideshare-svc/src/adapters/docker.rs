@@ -10,6 +10,7 @@
 //! a worker must run the binary built from this tree.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -20,6 +21,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use rideshare_dbaas::error::{Error, Result};
+use rideshare_dbaas::retry::RetryPolicy;
 use rideshare_dbaas::runtime::{Runtime, WorkerHandle};
 
 /// Label every worker container carries, whatever its cluster.
@@ -142,10 +144,17 @@ impl DockerRuntime {
 
     /// Freezes a running container of this cluster (`docker pause`: the cgroup freezer, so the
     /// worker stops where it is, sees no signal, and keeps its connections open).
+    ///
+    /// The freezer can fail to freeze a busy container in time ("unable to freeze": a task in
+    /// uninterruptible sleep, such as an fsync, under load; seen once in CI while other tests
+    /// ran containers beside it); the pause is tried again, 5 tries 200 ms apart.
     pub async fn pause(&self, id: &str) -> Result<()> {
         self.running(id).await?;
-        self.docker
-            .pause_container(id)
+        RetryPolicy::fixed(5, Duration::from_millis(200))
+            .run(
+                || self.docker.pause_container(id),
+                |e: &DockerError| e.to_string().contains("unable to freeze"),
+            )
             .await
             .map_err(docker_err(format!("pausing container {id}")))
     }
