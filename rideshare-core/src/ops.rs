@@ -261,8 +261,9 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(deserializer).map(Some)
 }
 
-/// A field a kind of outcome must have.
-fn required<T>(field: Option<T>, name: &str) -> Result<T, String> {
+/// A field the kind of a tagged message must have, once the message was read into a struct of
+/// optional fields (`ReadOutcome` here, the DBaaS's `Reply`): the error serde gives for it.
+pub fn required<T>(field: Option<T>, name: &str) -> Result<T, String> {
     field.ok_or_else(|| format!("missing field `{name}`"))
 }
 

@@ -274,6 +274,22 @@ fn ride_ids_are_never_reused_after_delete_or_clear() {
     assert_eq!(ids(SqliteStore::in_memory().unwrap()), vec![1, 2, 3]);
 }
 
+/// A SQLite store on a file in a fresh directory (kept alive by the first value) and a reader
+/// of it.
+fn store_on_a_file_with_a_reader() -> (
+    tempfile::TempDir,
+    SqliteStore,
+    Box<dyn rideshare_core::machine::SnapshotReader>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap();
+    let reader = store
+        .reader()
+        .unwrap()
+        .expect("a store on a file has readers");
+    (dir, store, reader)
+}
+
 #[test]
 fn a_reader_answers_from_committed_state_only() {
     use rideshare_core::error::StoreError;
@@ -296,12 +312,7 @@ fn a_reader_answers_from_committed_state_only() {
         .is_none());
     assert!(MemStore::new().reader().unwrap().is_none());
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap();
-    let mut reader = store
-        .reader()
-        .unwrap()
-        .expect("a store on a file has readers");
+    let (_dir, store, mut reader) = store_on_a_file_with_a_reader();
     let mut machine = StateMachine::new(store);
     let empty = reader.read_snapshot(&[ReadOp::ListUsers]).unwrap();
     assert_eq!((empty.applied_index, users(&empty).len()), (0, 0));
@@ -344,12 +355,7 @@ fn a_reader_answers_from_committed_state_only() {
 /// from different states would show it.
 #[test]
 fn a_reader_answers_and_its_index_come_from_one_state_while_commits_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap();
-    let mut reader = store
-        .reader()
-        .unwrap()
-        .expect("a store on a file has readers");
+    let (_dir, store, mut reader) = store_on_a_file_with_a_reader();
     let writer = std::thread::spawn(move || {
         let mut machine = StateMachine::new(store);
         for index in 1..=3_000u64 {

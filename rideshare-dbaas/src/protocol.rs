@@ -12,7 +12,7 @@
 //! [`split_batch`]; the orchestrator batches calls that queue up, see [`crate::batch`]).
 
 use bytes::Bytes;
-use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
+use rideshare_core::ops::{required, ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -126,9 +126,6 @@ struct ReplyWire {
 impl TryFrom<ReplyWire> for Reply {
     type Error = String;
     fn try_from(w: ReplyWire) -> std::result::Result<Self, String> {
-        fn required<T>(field: Option<T>, name: &str) -> std::result::Result<T, String> {
-            field.ok_or_else(|| format!("missing field `{name}`"))
-        }
         let outcome = |raw: Option<Box<RawValue>>| required(raw, "outcome");
         let v = required(w.v, "v")?;
         Ok(match w.reply {
