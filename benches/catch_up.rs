@@ -4,6 +4,10 @@
 //! and coordinator; the measured time is from its start to the catch-up it reports in its
 //! member node. Run with `cargo bench -p rideshare-dbaas --bench catch_up`; criterion prints
 //! time per catch-up and entries per second.
+//!
+//! `from a snapshot + tail`: the same log, but a snapshot at `ENTRIES - TAIL` waits in the
+//! shared directory (written by a real worker beforehand); the measured time is the new
+//! worker's install (copy, verify, open) plus its replay of the last `TAIL` entries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,51 +17,72 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 mod workload;
 
 use rideshare_core::ops::RequestId;
-use rideshare_core::store::SqliteStore;
 use rideshare_dbaas::broker::mem::MemBroker;
 use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
 use rideshare_dbaas::protocol::{encode, CatchUp, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::registry::Registry;
-use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
+use rideshare_dbaas::snapshot::{SnapshotDir, StoreAt, StoreKind};
+use rideshare_dbaas::worker::{run_worker_from, SnapshotSettings, WorkerConfig, WorkerDeps};
 use workload::workload;
 
 const ENTRIES: u64 = 20_000;
+/// Entries after the snapshot, in the snapshot bench.
+const TAIL: u64 = 1_000;
 
 /// A log of one epoch marker and `ENTRIES - 1` writes of that epoch.
 async fn filled_log() -> MemLog {
     let log = MemLog::new();
-    let marker = LogEntry {
-        v: VERSION,
-        epoch: 1,
-        body: EntryBody::EpochMarker {
-            master: "bench-master".into(),
-        },
-    };
-    log.append(encode(&marker))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    for i in 1..ENTRIES {
-        let entry = LogEntry {
-            v: VERSION,
-            epoch: 1,
-            body: EntryBody::Write {
-                request_id: RequestId(format!("r{i}")),
-                op: workload(i),
-            },
+    fill(&log, 1, ENTRIES).await;
+    log
+}
+
+/// Appends entries `from..=to` (entry 1 is the epoch marker, the rest writes of epoch 1).
+async fn fill(log: &MemLog, from: u64, to: u64) {
+    for i in from..=to {
+        let entry = if i == 1 {
+            LogEntry {
+                v: VERSION,
+                epoch: 1,
+                body: EntryBody::EpochMarker {
+                    master: "bench-master".into(),
+                },
+            }
+        } else {
+            LogEntry {
+                v: VERSION,
+                epoch: 1,
+                body: EntryBody::Write {
+                    request_id: RequestId(format!("r{}", i - 1)),
+                    op: workload(i - 1),
+                },
+            }
         };
         log.append(encode(&entry))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    log
 }
 
 /// Starts a worker on a fresh SQLite file over `log`; returns its reported catch-up.
 async fn catch_up(group: usize, log: MemLog) -> CatchUp {
+    run_until_caught_up(group, log, None).await.0
+}
+
+/// Starts a worker over `log`, installing the newest snapshot in `snapshots` if any (and
+/// writing snapshots there); returns its reported catch-up and the snapshot it installed.
+async fn run_until_caught_up(
+    group: usize,
+    log: MemLog,
+    snapshots: Option<SnapshotSettings>,
+) -> (CatchUp, Option<u64>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = SqliteStore::open(&dir.path().join("replica.db")).unwrap_or_else(|e| panic!("{e}"));
+    let at = StoreAt::Sqlite(dir.path().join("replica.db"));
+    let (store, installed) = at
+        .open(snapshots.as_ref().map(|s| &s.dir), u64::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let installed_index = installed.as_ref().map(|m| m.index);
     let coordinator = Arc::new(MemCoordinator::new());
     let deps = WorkerDeps {
         broker: Arc::new(MemBroker::new()),
@@ -66,7 +91,8 @@ async fn catch_up(group: usize, log: MemLog) -> CatchUp {
     };
     let mut config = WorkerConfig::new("bench-worker", 1);
     config.apply_group = group;
-    let worker = tokio::spawn(run_worker(config, deps, Box::new(store)));
+    config.snapshots = snapshots;
+    let worker = tokio::spawn(run_worker_from(config, deps, store, installed));
     let registry = Registry::connect(coordinator.as_ref())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -82,7 +108,42 @@ async fn catch_up(group: usize, log: MemLog) -> CatchUp {
     .await
     .unwrap_or_else(|_| panic!("the worker did not catch up within 300 s"));
     worker.abort();
-    reported
+    (reported, installed_index)
+}
+
+/// A snapshot directory holding one snapshot at `ENTRIES - TAIL` of `log`'s first entries,
+/// written by a real worker, and the log with the tail appended after it.
+async fn snapshot_and_tail() -> (tempfile::TempDir, SnapshotSettings, MemLog) {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = SnapshotSettings {
+        dir: SnapshotDir::open(root.path(), 2).unwrap_or_else(|e| panic!("{e}")),
+        every: ENTRIES - TAIL,
+        kind: StoreKind::Sqlite,
+    };
+    let log = MemLog::new();
+    fill(&log, 1, ENTRIES - TAIL).await;
+    let coordinator = Arc::new(MemCoordinator::new());
+    let deps = WorkerDeps {
+        broker: Arc::new(MemBroker::new()),
+        log: Arc::new(log.clone()),
+        coordinator,
+    };
+    let mut config = WorkerConfig::new("snapshot-writer", 1);
+    config.snapshots = Some(settings.clone());
+    let (store, _) = StoreAt::Sqlite(root.path().join("writer.db"))
+        .open(None, 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let writer = tokio::spawn(run_worker_from(config, deps, store, None));
+    tokio::time::timeout(Duration::from_secs(300), async {
+        while settings.dir.newest_index().unwrap_or(0) < ENTRIES - TAIL {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no snapshot written within 300 s"));
+    writer.abort();
+    fill(&log, ENTRIES - TAIL + 1, ENTRIES).await;
+    (root, settings, log)
 }
 
 fn catch_ups(c: &mut Criterion) {
@@ -108,6 +169,40 @@ fn catch_ups(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("catch_up_from_snapshot");
+    group
+        .throughput(Throughput::Elements(ENTRIES))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let (_root, settings, log) = runtime.block_on(snapshot_and_tail());
+    group.bench_function(
+        format!("sqlite, snapshot at {} + tail of {TAIL}", ENTRIES - TAIL),
+        |b| {
+            let settings = settings.clone();
+            let log = log.clone();
+            b.to_async(&runtime).iter_custom(move |iterations| {
+                let settings = settings.clone();
+                let log = log.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let started = Instant::now();
+                        // Install and tail only: this worker writes no snapshot of its own.
+                        let mut reading = settings.clone();
+                        reading.every = u64::MAX / 2;
+                        let (reported, installed) =
+                            run_until_caught_up(256, log.clone(), Some(reading)).await;
+                        assert_eq!(installed, Some(ENTRIES - TAIL), "no snapshot installed");
+                        assert_eq!(reported.entries, TAIL, "replayed more than the tail");
+                        total += started.elapsed();
+                    }
+                    total
+                }
+            })
+        },
+    );
     group.finish();
 }
 

@@ -91,7 +91,9 @@ fn next_ride_id_row(next_ride_id: u64) -> u64 {
 }
 
 /// The checksum's parts, kept apart so that clearing a table is setting its part to zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Snapshots carry them (serialized as they are), so a store installed from one continues the
+/// running checksum without reading every row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateChecksum {
     users: u64,
     rides: u64,

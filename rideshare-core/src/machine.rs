@@ -11,6 +11,8 @@
 //! - keep `next_ride_id` across `ClearAll`/`ClearRides` (ids are never reused);
 //! - remember applied request ids at least as long as `REQUEST_MEMORY` commits.
 
+use std::path::Path;
+
 use crate::area::Area;
 use crate::checksum::StateChecksum;
 use crate::domain::{RideId, Timestamp, Username};
@@ -77,6 +79,10 @@ pub trait SnapshotReader: Send {
     /// Answers `ops` from one consistent state (one read transaction), with the applied index
     /// of that state.
     fn read_snapshot(&mut self, ops: &[ReadOp]) -> Result<SnapshotReads, StoreError>;
+    /// Writes a copy of one committed state (data, request memory, applied index) to the new
+    /// file `to`, from one read transaction, without holding back the thread that applies the
+    /// log; returns the applied index of that state. See [`Store::export`].
+    fn export(&mut self, to: &Path) -> Result<u64, StoreError>;
 }
 
 /// What [`SnapshotReader::read_snapshot`] found: each op's outcome, all at `applied_index`.
@@ -133,6 +139,11 @@ pub trait Store: Send {
     /// Every user with password hash, every ride with riders, and the next ride id, in a
     /// canonical order: what `checksum` digests and what snapshots carry.
     fn dump(&mut self) -> Result<Dump, StoreError>;
+    /// Writes a copy of the committed state (data, request memory, applied index) to the new
+    /// file `to`, in this store's own format (a snapshot); must not be called inside a group.
+    /// The same kind of store opened on a copy of that file holds the same state
+    /// (`SqliteStore::open`, `MemStore::import`).
+    fn export(&mut self, to: &Path) -> Result<(), StoreError>;
 }
 
 /// A canonical copy of the state (request memory excluded).
@@ -323,6 +334,20 @@ impl<S: Store> StateMachine<S> {
         }
     }
 
+    /// A machine on a store whose state checksum is already known (a verified snapshot's), so
+    /// the first digest does not read every row.
+    pub fn with_checksum(store: S, checksum: StateChecksum) -> Self {
+        StateMachine {
+            store,
+            checksum: Some(checksum),
+        }
+    }
+
+    /// Writes a snapshot of the committed state to `to` (see [`Store::export`]).
+    pub fn export(&mut self, to: &Path) -> Result<(), StoreError> {
+        self.store.export(to)
+    }
+
     /// The store itself. Whoever holds it may change it, so the running checksum is forgotten
     /// (and recomputed in full when next needed).
     pub fn store(&mut self) -> &mut S {
@@ -341,6 +366,11 @@ impl<S: Store> StateMachine<S> {
     /// The state checksum, kept up to date as mutations apply.
     pub fn checksum(&mut self) -> Result<u64, StoreError> {
         Ok(self.running_checksum()?.value())
+    }
+
+    /// The running checksum's parts (what a snapshot carries).
+    pub fn checksum_parts(&mut self) -> Result<StateChecksum, StoreError> {
+        self.running_checksum()
     }
 
     /// The state checksum recomputed from every row, leaving the running one as it is: what
@@ -504,5 +534,8 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn dump(&mut self) -> Result<Dump, StoreError> {
         (**self).dump()
+    }
+    fn export(&mut self, to: &Path) -> Result<(), StoreError> {
+        (**self).export(to)
     }
 }

@@ -4,9 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rideshare_core::machine::Store;
-use rideshare_core::store::{MemStore, SqliteStore};
-
 use crate::broker::mem::MemBroker;
 use crate::coord::mem::MemCoordinator;
 use crate::error::Result;
@@ -15,7 +12,8 @@ use crate::orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorDeps, RunningOrchestrator,
 };
 use crate::runtime::tasks::{TaskRuntime, WorkerFactory};
-use crate::worker::{run_worker, WorkerConfig, WorkerDeps};
+use crate::snapshot::{StoreAt, StoreKind};
+use crate::worker::{run_worker_from, WorkerConfig, WorkerDeps};
 
 /// Where task workers keep their copy of the database.
 #[derive(Clone, Debug)]
@@ -27,29 +25,23 @@ pub enum WorkerStores {
 }
 
 impl WorkerStores {
-    fn open(&self, id: &str) -> Result<Box<dyn Store>> {
+    /// Where worker `id` keeps its store.
+    fn at(&self, id: &str) -> Result<StoreAt> {
         Ok(match self {
-            WorkerStores::Memory => Box::new(MemStore::new()),
+            WorkerStores::Memory => StoreAt::Memory,
             WorkerStores::SqliteDir(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| crate::Error::adapter(format!("creating {}", dir.display()), e))?;
-                let path = dir.join(format!("{id}.db"));
-                // A worker always starts empty and replays the log: a leftover file of the
-                // same name can only be from an earlier run.
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-                Box::new(SqliteStore::open(&path)?)
+                StoreAt::Sqlite(dir.join(format!("{id}.db")))
             }
         })
     }
 
-    fn remove(&self, id: &str) {
-        if let WorkerStores::SqliteDir(dir) = self {
-            let path = dir.join(format!("{id}.db"));
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
+    /// The kind of store its workers have, which their snapshots are of.
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            WorkerStores::Memory => StoreKind::Memory,
+            WorkerStores::SqliteDir(_) => StoreKind::Sqlite,
         }
     }
 }
@@ -102,14 +94,31 @@ impl EmbeddedCluster {
             worker.id = handle.id.clone();
             worker.pid = handle.pid;
             Box::pin(async move {
-                let result = match stores.open(&handle.id) {
-                    Ok(store) => run_worker(worker, deps, store).await,
+                let at = stores.at(&handle.id);
+                let snapshots = worker.snapshots.as_ref().map(|s| s.dir.clone());
+                let log_end = deps.log.end().await;
+                let opened = match (&at, log_end) {
+                    (Ok(at), Ok(log_end)) => {
+                        let at = at.clone();
+                        // Installing a snapshot copies a file: off the async threads.
+                        tokio::task::spawn_blocking(move || at.open(snapshots.as_ref(), log_end))
+                            .await
+                            .map_err(|e| crate::Error::adapter("opening a worker's store", e))
+                            .and_then(|opened| opened)
+                    }
+                    (Err(e), _) => Err(crate::Error::Runtime(e.to_string())),
+                    (_, Err(e)) => Err(e),
+                };
+                let result = match opened {
+                    Ok((store, installed)) => run_worker_from(worker, deps, store, installed).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
                     tracing::warn!(id = %handle.id, pid = handle.pid, error = %e, "worker stopped");
                 }
-                stores.remove(&handle.id);
+                if let Ok(at) = at {
+                    at.remove();
+                }
             })
         });
         let runtime = TaskRuntime::new(factory, "worker", config.first_pid);

@@ -15,6 +15,10 @@ pub enum Error {
     /// The log is unreachable or refused the append.
     #[error("log unavailable: {0}")]
     LogUnavailable(String),
+    /// The entry asked for was dropped when the log was truncated behind a snapshot: the reader
+    /// must start from a snapshot instead, then read from `first` (or later).
+    #[error("log truncated: its first entry is now {first}")]
+    LogTruncated { first: u64 },
     /// The coordinator session is gone: ephemeral nodes are gone, and a master is not any more.
     #[error("coordinator session expired")]
     SessionExpired,

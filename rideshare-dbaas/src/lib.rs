@@ -27,6 +27,7 @@ pub mod replica;
 pub mod retry;
 pub mod rpc;
 pub mod runtime;
+pub mod snapshot;
 pub mod worker;
 
 pub use error::{Error, Result};

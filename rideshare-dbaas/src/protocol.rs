@@ -206,6 +206,29 @@ pub struct MemberRecord {
     /// Where the worker serves `/health`, `/ready` and `/metrics` (`host:port`), when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// The catch-up under way at start: from the index the store started at (a snapshot's, or
+    /// 0) to the log's end then. Kept once caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catching_up: Option<CatchUpPlan>,
+    /// Snapshots: the one this worker was installed from, and the newest it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotState>,
+}
+
+/// A catch-up's span: the replica starts at `from` and serves once it has applied `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpPlan {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// A worker's snapshots: the index of the one it was installed from, and of the newest it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken: Option<u64>,
 }
 
 /// A replica's applied index and the newest epoch marker it has applied.

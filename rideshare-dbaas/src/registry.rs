@@ -323,6 +323,8 @@ mod tests {
             state: None,
             progress: None,
             http: None,
+            catching_up: None,
+            snapshots: None,
         }
     }
 

@@ -11,7 +11,7 @@ use rideshare_dbaas::broker::{Broker, Consumer, Delivery, Message};
 use rideshare_dbaas::conformance::{broker_suite, coord_suite, log_suite};
 use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::coord::{Coordinator, CreateMode};
-use rideshare_dbaas::log::file::{FileLog, MAX_RECORD_BYTES};
+use rideshare_dbaas::log::file::{segment_path, FileLog, FileLogConfig, MAX_RECORD_BYTES};
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::{Appended, Log, LogReader, Record};
 use rideshare_dbaas::Error;
@@ -58,6 +58,22 @@ async fn file_log_passes_the_log_suite() {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.path().join(format!("log-{n}"));
         async move { FileLog::open(path).expect("open file log") }
+    })
+    .await
+    .assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_log_with_tiny_segments_passes_the_log_suite() {
+    // Every batch starts a segment, so truncation has whole segments to delete.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    log_suite(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.path().join(format!("log-{n}"));
+        async move {
+            FileLog::open_with(path, FileLogConfig { segment_bytes: 1 }).expect("open file log")
+        }
     })
     .await
     .assert_passed();
@@ -179,6 +195,74 @@ async fn log_suite_fails_a_log_that_orders_appends_when_first_polled() {
     assert_eq!(
         failed,
         ["appends_enqueued_then_confirmed_in_reverse_keep_call_order"],
+        "{report}"
+    );
+}
+
+/// A log that drops one entry more than asked: the suite must notice.
+struct TruncatesTooMuch(MemLog);
+
+#[async_trait::async_trait]
+impl Log for TruncatesTooMuch {
+    fn append(&self, data: Bytes) -> Appended {
+        self.0.append(data)
+    }
+    async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
+        self.0.read_from(from).await
+    }
+    async fn end(&self) -> rideshare_dbaas::Result<u64> {
+        self.0.end().await
+    }
+    async fn truncate_before(&self, index: u64) -> rideshare_dbaas::Result<u64> {
+        self.0.truncate_before(index + 1).await
+    }
+    async fn first(&self) -> rideshare_dbaas::Result<u64> {
+        self.0.first().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_suite_fails_a_log_that_truncates_at_the_index() {
+    let report = log_suite(|| async { TruncatesTooMuch(MemLog::new()) }).await;
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        ["truncation_keeps_every_entry_at_or_above_the_index"],
+        "{report}"
+    );
+}
+
+/// A log that drops what it is asked to but says it kept everything: the suite must notice.
+struct HidesItsFirst(MemLog);
+
+#[async_trait::async_trait]
+impl Log for HidesItsFirst {
+    fn append(&self, data: Bytes) -> Appended {
+        self.0.append(data)
+    }
+    async fn read_from(&self, from: u64) -> rideshare_dbaas::Result<Box<dyn LogReader>> {
+        self.0.read_from(from).await
+    }
+    async fn end(&self) -> rideshare_dbaas::Result<u64> {
+        self.0.end().await
+    }
+    async fn truncate_before(&self, index: u64) -> rideshare_dbaas::Result<u64> {
+        self.0.truncate_before(index).await?;
+        Ok(1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_suite_fails_a_log_that_hides_what_it_dropped() {
+    let report = log_suite(|| async { HidesItsFirst(MemLog::new()) }).await;
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        [
+            "truncation_keeps_every_entry_at_or_above_the_index",
+            "truncating_up_to_the_end_keeps_the_next_index",
+            "a_reader_behind_the_truncation_gets_log_truncated"
+        ],
         "{report}"
     );
 }
@@ -580,8 +664,12 @@ async fn torn_tail_is_truncated_on_open_and_appends_continue() {
             log.append(b(&format!("entry-{i}"))).await.unwrap();
         }
     }
-    let len = std::fs::metadata(&path).unwrap().len();
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let segment = segment_path(&path, 1);
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
     file.set_len(len - 3).unwrap();
     drop(file);
 
@@ -606,22 +694,23 @@ async fn corrupt_or_zeroed_tail_is_truncated_on_open() {
         log.append(b("flip")).await.unwrap();
     }
     // Flip the last byte of the second record's data: its checksum no longer matches.
-    let mut bytes = std::fs::read(&path).unwrap();
+    let segment = segment_path(&path, 1);
+    let mut bytes = std::fs::read(&segment).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     let log = FileLog::open(&path).unwrap();
     assert_eq!(all_records(&log).await, vec![b("keep")]);
     drop(log);
 
     // A crash can leave the file longer, filled with zeros: not empty records.
-    let mut bytes = std::fs::read(&path).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
     bytes.extend_from_slice(&[0; 64]);
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     let log = FileLog::open(&path).unwrap();
     assert_eq!(all_records(&log).await, vec![b("keep")]);
     assert_eq!(
-        std::fs::metadata(&path).unwrap().len(),
+        std::fs::metadata(&segment).unwrap().len(),
         8 + 4,
         "file cut back to its whole records"
     );

@@ -8,7 +8,13 @@
 //! worker acknowledges writes per epoch, and once quiet the cluster has one master and the
 //! number of slaves the scaling policy says.
 //!
-//! `SIM_SEEDS=N` runs seeds 0..N (default 200); `SIM_SEED=S` replays one seed.
+//! Three seeds in four also take snapshots every few entries (a shared directory per seed),
+//! install them in every new worker and truncate the log behind them, with two more faults: a
+//! corrupted snapshot, and a new worker killed while it installs one. The log's whole history
+//! is kept by an archive that follows it from the first entry, for the checker.
+//!
+//! `SIM_SEEDS=N` runs seeds 0..N (default 200); `SIM_SEED=S` replays one seed (`SIM_LOG=info`
+//! prints its log lines).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,12 +31,13 @@ use rideshare_dbaas::batch::Batching;
 use rideshare_dbaas::checker::{check, Completion, Event, Operation, Replay, ReplicaState};
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
 use rideshare_dbaas::log::mem::MemLog;
-use rideshare_dbaas::log::Log;
+use rideshare_dbaas::log::{Log, Record};
 use rideshare_dbaas::orchestrator::OrchestratorConfig;
 use rideshare_dbaas::policy::ScalePolicy;
 use rideshare_dbaas::protocol::{decode_versioned, encode, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::runtime::Runtime;
-use rideshare_dbaas::worker::WorkerConfig;
+use rideshare_dbaas::snapshot::{SnapshotDir, StoreKind};
+use rideshare_dbaas::worker::{SnapshotSettings, WorkerConfig};
 
 const CLIENTS: usize = 8;
 const OPS_PER_CLIENT: usize = 40;
@@ -45,8 +52,18 @@ struct History {
     faults: Vec<String>,
 }
 
-fn config(seed: u64) -> EmbeddedConfig {
+/// Snapshots on three seeds in four: every few entries, two kept.
+fn snapshots(seed: u64, dir: &std::path::Path) -> Option<SnapshotDir> {
+    (seed % 4 != 0).then(|| SnapshotDir::open(dir, 2).expect("snapshot dir"))
+}
+
+fn config(seed: u64, snapshots: Option<SnapshotDir>) -> EmbeddedConfig {
     let mut worker = WorkerConfig::new("", 0);
+    worker.snapshots = snapshots.clone().map(|dir| SnapshotSettings {
+        dir,
+        every: 5 + seed % 30,
+        kind: StoreKind::Memory,
+    });
     worker.read_wait = Duration::from_millis(500);
     worker.write_wait = Duration::from_secs(1);
     worker.catch_up_wait = Duration::from_secs(30);
@@ -71,6 +88,7 @@ fn config(seed: u64) -> EmbeddedConfig {
                 max: 1 + (seed % 8) as usize,
                 wait: Duration::from_micros(seed % 3 * 700),
             },
+            snapshots,
         },
         worker,
         first_pid: 100,
@@ -111,13 +129,43 @@ fn random_read(rng: &mut SmallRng) -> ReadOp {
     }
 }
 
+/// Every entry the log ever held, in order: the log itself drops what snapshots cover.
+#[derive(Clone, Default)]
+struct Archive(Arc<Mutex<Vec<Record>>>);
+
+impl Archive {
+    /// Follows `log` from its first entry for as long as it lives.
+    async fn follow(log: Arc<dyn Log>) -> Archive {
+        let archive = Archive::default();
+        let mut reader = log.read_from(1).await.expect("archive reader");
+        let records = Arc::clone(&archive.0);
+        tokio::spawn(async move {
+            while let Some(Ok(record)) = reader.next().await {
+                records.lock().unwrap().push(record);
+            }
+        });
+        archive
+    }
+
+    /// The first `end` entries, once the archive holds them.
+    async fn up_to(&self, end: u64) -> Vec<Record> {
+        loop {
+            {
+                let records = self.0.lock().unwrap();
+                if records.len() as u64 >= end {
+                    return records[..end as usize].to_vec();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Replays the log through the replica core, as the history checker does: the reference.
-async fn replay(log: &dyn Log) -> Replay<MemStore> {
+async fn replay(log: &dyn Log, archive: &Archive) -> Replay<MemStore> {
     let end = log.end().await.unwrap();
     let mut replay = Replay::new(MemStore::new());
-    let mut reader = log.read_from(1).await.unwrap();
-    for _ in 0..end {
-        let record = reader.next().await.unwrap().unwrap();
+    for record in archive.up_to(end).await {
         replay.apply(&record).unwrap();
     }
     replay
@@ -138,9 +186,13 @@ async fn wait_for_master(cluster: &EmbeddedCluster, bound: Duration) -> bool {
 
 async fn simulate(seed: u64) -> Result<String, String> {
     let log = MemLog::new();
-    let mut cluster = EmbeddedCluster::start(Arc::new(log.clone()), config(seed))
-        .await
-        .map_err(|e| format!("start: {e}"))?;
+    let archive = Archive::follow(Arc::new(log.clone())).await;
+    let snapshot_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let snapshots = snapshots(seed, snapshot_dir.path());
+    let mut cluster =
+        EmbeddedCluster::start(Arc::new(log.clone()), config(seed, snapshots.clone()))
+            .await
+            .map_err(|e| format!("start: {e}"))?;
     if !wait_for_master(&cluster, Duration::from_secs(10)).await {
         return Err("no master elected at start".into());
     }
@@ -209,7 +261,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
     let start = tokio::time::Instant::now();
     while start.elapsed() < FAULT_PHASE {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
-        let fault = rng.gen_range(0..7);
+        let fault = rng.gen_range(0..if snapshots.is_some() { 9 } else { 7 });
         let o = Arc::clone(cluster.orchestrator());
         let what = match fault {
             0 => format!(
@@ -256,7 +308,24 @@ async fn simulate(seed: u64) -> Result<String, String> {
                     format!("expired session {s}")
                 }
             }
-            _ => late_append_of_a_deposed_master(&cluster, &mut rng, seed).await,
+            6 => late_append_of_a_deposed_master(&cluster, &archive, &mut rng, seed).await,
+            7 => corrupt_newest_snapshot(snapshots.as_ref(), &mut rng),
+            _ => {
+                // A slave is replaced, and its replacement dies while it installs a snapshot.
+                let crashed = o.crash_slave().await.map_err(|e| e.to_string());
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(100..200))).await;
+                let workers = cluster.runtime.list().await.unwrap_or_default();
+                match workers.iter().max_by_key(|w| w.pid) {
+                    Some(newest) => {
+                        let _ = cluster.runtime.kill(&newest.id).await;
+                        format!(
+                            "crash slave {crashed:?}, then its replacement {} at start",
+                            newest.pid
+                        )
+                    }
+                    None => format!("crash slave {crashed:?}; no replacement yet"),
+                }
+            }
         };
         history.lock().unwrap().faults.push(what);
     }
@@ -268,7 +337,16 @@ async fn simulate(seed: u64) -> Result<String, String> {
         return Err("no master once quiet".into());
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
-    let mut reference = replay(&*cluster.log).await;
+    let mut reference = replay(&*cluster.log, &archive).await;
+    let first = cluster.log.first().await.unwrap_or(1);
+    let installs = cluster
+        .orchestrator()
+        .members()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m.record.snapshots.is_some_and(|s| s.installed.is_some()))
+        .count();
 
     // The history, the log and the replicas, by the one history checker. Every replica that
     // answers a checksum read once quiet is compared, and must have caught up with the log.
@@ -300,7 +378,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
     }
     cluster.shutdown();
     Ok(format!(
-        "ops {} (ok {}, failed {}, unknown {}), log {} entries, epochs {}, deposed writes fenced {}, replicas checked {}, faults {:?}",
+        "ops {} (ok {}, failed {}, unknown {}), log {} entries (first kept {first}), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {}, faults {:?}",
         history.events.len(),
         verdict.ops_ok,
         verdict.ops_failed,
@@ -351,24 +429,20 @@ async fn quiet_replica_states(cluster: &EmbeddedCluster) -> Result<Vec<ReplicaSt
 /// leave every one of them without effect.
 async fn late_append_of_a_deposed_master(
     cluster: &EmbeddedCluster,
+    archive: &Archive,
     rng: &mut SmallRng,
     seed: u64,
 ) -> String {
     let end = cluster.log.end().await.unwrap_or(0);
     let mut newest = 0;
     let mut older_writes = Vec::new();
-    if let Ok(mut reader) = cluster.log.read_from(1).await {
-        for _ in 0..end {
-            let Some(Ok(record)) = reader.next().await else {
-                break;
-            };
-            let Ok(entry) = decode_versioned::<LogEntry>(&record.data) else {
-                continue;
-            };
-            match entry.body {
-                EntryBody::EpochMarker { .. } => newest = newest.max(entry.epoch),
-                EntryBody::Write { .. } => older_writes.push((entry.epoch, record.data)),
-            }
+    for record in archive.up_to(end).await {
+        let Ok(entry) = decode_versioned::<LogEntry>(&record.data) else {
+            continue;
+        };
+        match entry.body {
+            EntryBody::EpochMarker { .. } => newest = newest.max(entry.epoch),
+            EntryBody::Write { .. } => older_writes.push((entry.epoch, record.data)),
         }
     }
     if newest < 2 {
@@ -396,7 +470,65 @@ async fn late_append_of_a_deposed_master(
     }
 }
 
+thread_local! {
+    /// The snapshot data files this seed corrupted (each seed runs on its own thread's runtime).
+    static CORRUPTED: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Flips bytes in the newest snapshot's data: whoever installs it next must find out, and
+/// fall back to an older one (or the log).
+fn corrupt_newest_snapshot(snapshots: Option<&SnapshotDir>, rng: &mut SmallRng) -> String {
+    let Some(dir) = snapshots else {
+        return "no snapshots".into();
+    };
+    let newest = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "data")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("snapshot-"))
+        })
+        .max();
+    let Some(path) = newest else {
+        return "no snapshot to corrupt".into();
+    };
+    // One bad snapshot at a time (a disk's single fault): with every kept one corrupt and
+    // the log truncated behind them, only a live replica could bring a new worker up.
+    let unverified = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count();
+    if unverified < 2 || CORRUPTED.with(|c| c.borrow().iter().any(|p| p.exists())) {
+        return "snapshot left whole (one corrupt at a time, never the only one)".into();
+    }
+    CORRUPTED.with(|c| c.borrow_mut().push(path.clone()));
+    let Ok(mut bytes) = std::fs::read(&path) else {
+        return "snapshot vanished".into();
+    };
+    if bytes.is_empty() {
+        return "empty snapshot".into();
+    }
+    let at = rng.gen_range(0..bytes.len());
+    bytes[at] ^= 0x5a;
+    let _ = std::fs::write(&path, bytes);
+    format!("corrupted {} at byte {at}", path.display())
+}
+
 fn run_seed(seed: u64) -> Result<String, String> {
+    CORRUPTED.with(|c| c.borrow_mut().clear());
+    // `SIM_LOG=info` (an env filter) prints the cluster's log lines, for one seed.
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

@@ -34,6 +34,15 @@ pub struct EngineArgs {
     /// Name of the RabbitMQ stream that holds the write log.
     #[arg(long, env = "RIDESHARE_LOG_STREAM", default_value = "rideshare.log")]
     pub log_stream: String,
+    /// Bytes the log stream keeps on disk: past them RabbitMQ deletes its oldest segments (a
+    /// replica that needs them installs a snapshot instead). Set when the stream is created; an
+    /// existing stream keeps its own. At least `--log-segment-bytes`.
+    #[arg(long, env = "RIDESHARE_LOG_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_max_bytes: u64,
+    /// Size of one segment file of the log stream: retention deletes whole segments, and only
+    /// when a segment fills up.
+    #[arg(long, env = "RIDESHARE_LOG_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_segment_bytes: u64,
 }
 
 /// How the orchestrator starts workers.
@@ -73,6 +82,56 @@ pub struct RuntimeArgs {
         default_value = "/tmp/rideshare-workers"
     )]
     pub worker_data_dir: PathBuf,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+}
+
+impl RuntimeArgs {
+    /// The shared snapshot directory of this cluster's workers; `None` when snapshots are off.
+    /// Absolute: Docker mounts only absolute host paths.
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        let dir = self
+            .snapshots
+            .dir(self.worker_data_dir.join("snapshots").join(&self.cluster))?;
+        Some(std::path::absolute(&dir).unwrap_or(dir))
+    }
+}
+
+/// Snapshots of the workers' stores (see `rideshare_dbaas::snapshot`).
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// A worker writes a snapshot once it has applied this many log entries past the newest
+    /// one (0: no snapshots, and the log keeps everything).
+    #[arg(long, env = "RIDESHARE_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Snapshots kept, the newest ones; the log keeps what the oldest does not cover.
+    #[arg(long, env = "RIDESHARE_SNAPSHOT_KEEP", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub snapshot_keep: u64,
+    /// The snapshot directory every worker of one cluster shares (mounted at the same path into
+    /// worker containers); it belongs to one log. Default: `<data-dir>/snapshots` for
+    /// `rideshare up` embedded, `<worker-data-dir>/snapshots/<cluster>` with the real engines.
+    #[arg(long, env = "RIDESHARE_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+impl SnapshotArgs {
+    /// The directory: the flag's, or `default_dir`; `None` when snapshots are off.
+    pub fn dir(&self, default_dir: PathBuf) -> Option<PathBuf> {
+        (self.snapshot_every > 0).then(|| self.snapshot_dir.clone().unwrap_or(default_dir))
+    }
+
+    fn push_args(&self, flag: &mut impl FnMut(&str, OsString)) {
+        let SnapshotArgs {
+            snapshot_every,
+            snapshot_keep,
+            snapshot_dir,
+        } = self;
+        flag("snapshot-every", snapshot_every.to_string().into());
+        flag("snapshot-keep", snapshot_keep.to_string().into());
+        if let Some(dir) = snapshot_dir {
+            flag("snapshot-dir", dir.into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -210,12 +269,16 @@ impl OrchestratorArgs {
             zk,
             zk_session_timeout,
             log_stream,
+            log_max_bytes,
+            log_segment_bytes,
         } = engines;
         if let Some(zk) = zk {
             flag("zk", zk.into());
         }
         flag("zk-session-timeout", duration(*zk_session_timeout));
         flag("log-stream", log_stream.into());
+        flag("log-max-bytes", log_max_bytes.to_string().into());
+        flag("log-segment-bytes", log_segment_bytes.to_string().into());
         runtime.push_args(&mut flag);
         let ScalingArgs {
             scale_interval,
@@ -248,6 +311,7 @@ impl RuntimeArgs {
             cluster,
             worker_program,
             worker_data_dir,
+            snapshots,
         } = self;
         let runtime = match runtime {
             RuntimeKind::Docker => "docker",
@@ -261,6 +325,7 @@ impl RuntimeArgs {
             flag("worker-program", program.into());
         }
         flag("worker-data-dir", worker_data_dir.into());
+        snapshots.push_args(flag);
     }
 }
 

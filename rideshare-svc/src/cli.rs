@@ -139,6 +139,8 @@ pub struct WorkerArgs {
         default_value = "/tmp/rideshare-workers"
     )]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub snapshots: crate::args::SnapshotArgs,
     /// Stop when the parent process (the orchestrator that started this worker) is gone.
     #[arg(long)]
     pub exit_with_parent: bool,
@@ -215,6 +217,7 @@ mod tests {
     use super::{Cli, Command};
     use crate::args::{
         BatchArgs, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
+        SnapshotArgs,
     };
 
     /// Flags unlike every default (and unlike one another), so a flag that `to_args` left out
@@ -227,6 +230,8 @@ mod tests {
                 zk: Some("127.0.0.1:2182/chaos-0000abcd".into()),
                 zk_session_timeout: Duration::from_millis(1_500),
                 log_stream: "chaos.log".into(),
+                log_max_bytes: 3 << 30,
+                log_segment_bytes: 16 << 20,
             },
             runtime: RuntimeArgs {
                 runtime,
@@ -235,6 +240,11 @@ mod tests {
                 cluster: "chaos-0000abcd".into(),
                 worker_program: Some("/opt/rideshare/bin/rideshare".into()),
                 worker_data_dir: "/tmp/chaos-0000abcd/workers".into(),
+                snapshots: SnapshotArgs {
+                    snapshot_every: 777,
+                    snapshot_keep: 5,
+                    snapshot_dir: Some("/srv/snapshots".into()),
+                },
             },
             scaling: ScalingArgs {
                 scale_interval: Duration::from_secs(7),

@@ -12,7 +12,7 @@ use rideshare_dbaas::runtime::Runtime;
 
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
 use crate::adapters::process::{ProcessConfig, ProcessRuntime};
-use crate::adapters::rabbit::{RabbitBroker, RabbitLog};
+use crate::adapters::rabbit::{RabbitBroker, RabbitLog, Retention};
 use crate::adapters::zk::ZkCoordinator;
 use crate::args::{EngineArgs, RuntimeArgs, RuntimeKind, AMQP_URL_ENV};
 
@@ -44,7 +44,9 @@ impl EngineArgs {
         let broker = RabbitBroker::connect(amqp)
             .await
             .with_context(|| format!("cannot connect to RabbitMQ at {shown}"))?;
-        let log = RabbitLog::connect(amqp, &self.log_stream)
+        let retention = Retention::new(self.log_max_bytes, self.log_segment_bytes)
+            .map_err(|e| anyhow::anyhow!("--log-max-bytes / --log-segment-bytes: {e}"))?;
+        let log = RabbitLog::connect_with(amqp, &self.log_stream, retention)
             .await
             .with_context(|| {
                 format!("cannot open the log stream {} at {shown}", self.log_stream)
@@ -68,20 +70,34 @@ impl EngineArgs {
     /// The AMQP URL is not among them: it goes in the environment (`worker_env`).
     fn worker_args(&self, runtime: &RuntimeArgs) -> anyhow::Result<Vec<String>> {
         let (_, zk) = self.urls()?;
-        Ok(vec![
+        let snapshots = &runtime.snapshots;
+        let mut args = vec![
             "--zk".into(),
             zk.into(),
             "--zk-session-timeout".into(),
             humantime::format_duration(self.zk_session_timeout).to_string(),
             "--log-stream".into(),
             self.log_stream.clone(),
+            "--log-max-bytes".into(),
+            self.log_max_bytes.to_string(),
+            "--log-segment-bytes".into(),
+            self.log_segment_bytes.to_string(),
             "--data-dir".into(),
             runtime.worker_data_dir.display().to_string(),
             // Health, readiness and metrics on a free loopback port, published in the
             // worker's member record.
             "--listen".into(),
             "127.0.0.1:0".into(),
-        ])
+            "--snapshot-every".into(),
+            snapshots.snapshot_every.to_string(),
+            "--snapshot-keep".into(),
+            snapshots.snapshot_keep.to_string(),
+        ];
+        if let Some(dir) = runtime.snapshot_dir() {
+            args.push("--snapshot-dir".into());
+            args.push(dir.display().to_string());
+        }
+        Ok(args)
     }
 }
 
@@ -138,6 +154,7 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
                 cluster: args.cluster.clone(),
                 network_mode: args.docker_network.clone(),
                 id_prefix: format!("{}-worker", args.cluster),
+                shared_dirs: args.snapshot_dir().into_iter().collect(),
                 ..DockerConfig::default()
             })
             .await

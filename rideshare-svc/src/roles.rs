@@ -10,12 +10,12 @@ use rideshare_core::api::{
     RidesConfig, ServiceLimits, Upstream,
 };
 use rideshare_core::clock::SystemClock;
-use rideshare_core::store::SqliteStore;
 use rideshare_dbaas::client::OrchestratorDb;
 use rideshare_dbaas::orchestrator::http::orchestrator_router;
 use rideshare_dbaas::orchestrator::{Orchestrator, OrchestratorConfig};
 use rideshare_dbaas::policy::ScalePolicy;
-use rideshare_dbaas::worker::{run_worker, WorkerConfig, WorkerDeps};
+use rideshare_dbaas::snapshot::{SnapshotDir, StoreAt, StoreKind};
+use rideshare_dbaas::worker::{run_worker_from, SnapshotSettings, WorkerConfig, WorkerDeps};
 use tokio::sync::watch;
 
 use crate::args::{BatchArgs, HttpArgs, OrchestratorArgs, ScalingArgs};
@@ -149,12 +149,11 @@ pub async fn orchestrator(
     args.http.check_exposure(&[args.listen])?;
     let engines = args.engines.connect().await?;
     let runtime = runtime(&args.engines, &args.runtime).await?;
-    let running = Orchestrator::start(
-        args.scaling.orchestrator_config(&args.batching),
-        engines.orchestrator_deps(runtime),
-    )
-    .await
-    .context("cannot start the orchestrator")?;
+    let mut config = args.scaling.orchestrator_config(&args.batching);
+    config.snapshots = snapshot_dir(args.runtime.snapshot_dir(), &args.runtime.snapshots)?;
+    let running = Orchestrator::start(config, engines.orchestrator_deps(runtime))
+        .await
+        .context("cannot start the orchestrator")?;
     let router = orchestrator_router(Arc::clone(&running.orchestrator), args.http.limits());
     let router = observe::orchestrator(router, Arc::clone(&running.orchestrator));
     let orchestrator = Arc::clone(&running.orchestrator);
@@ -195,26 +194,42 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn run_worker_process(args: WorkerArgs, config: WorkerConfig) -> anyhow::Result<()> {
+async fn run_worker_process(args: WorkerArgs, mut config: WorkerConfig) -> anyhow::Result<()> {
     let engines = args.engines.connect().await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let path = args.data_dir.join(format!("{}.db", args.id));
-    // A worker always starts empty and replays the log.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let store = SqliteStore::open(&path)
-        .with_context(|| format!("cannot open the worker database {}", path.display()))?;
-    tracing::info!(id = %args.id, pid = config.pid, http = ?config.http, "worker starting");
-    let work = run_worker(
+    let at = StoreAt::Sqlite(args.data_dir.join(format!("{}.db", args.id)));
+    let snapshots = snapshot_dir(
+        args.snapshots.dir(args.data_dir.join("snapshots")),
+        &args.snapshots,
+    )?;
+    config.snapshots = snapshots.clone().map(|dir| SnapshotSettings {
+        dir,
+        every: args.snapshots.snapshot_every,
+        kind: StoreKind::Sqlite,
+    });
+    // A worker never reuses a file: it installs the newest snapshot, or starts empty, and
+    // replays the log from there.
+    let opening = at.clone();
+    let log_end = engines
+        .log
+        .end()
+        .await
+        .context("cannot read the log's end")?;
+    let (store, installed) =
+        tokio::task::spawn_blocking(move || opening.open(snapshots.as_ref(), log_end))
+            .await?
+            .with_context(|| format!("cannot open the worker database for {}", args.id))?;
+    tracing::info!(id = %args.id, pid = config.pid, http = ?config.http, snapshot = ?installed.as_ref().map(|m| m.index), "worker starting");
+    let work = run_worker_from(
         config,
         WorkerDeps {
             broker: engines.broker,
             log: engines.log,
             coordinator: engines.coordinator,
         },
-        Box::new(store),
+        store,
+        installed,
     );
     let result = if args.exit_with_parent {
         tokio::select! {
@@ -224,10 +239,21 @@ async fn run_worker_process(args: WorkerArgs, config: WorkerConfig) -> anyhow::R
     } else {
         work.await
     };
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    at.remove();
     result.context("worker stopped")
+}
+
+/// The shared snapshot directory `dir` (created), keeping the number of snapshots `args` says;
+/// `None` when snapshots are off.
+pub fn snapshot_dir(
+    dir: Option<std::path::PathBuf>,
+    args: &crate::args::SnapshotArgs,
+) -> anyhow::Result<Option<SnapshotDir>> {
+    dir.map(|dir| {
+        SnapshotDir::open(&dir, args.snapshot_keep as usize)
+            .with_context(|| format!("cannot use the snapshot directory {}", dir.display()))
+    })
+    .transpose()
 }
 
 /// Resolves when this process is re-parented (its parent died).

@@ -25,11 +25,13 @@ use rideshare_dbaas::log::file::FileLog;
 use rideshare_dbaas::orchestrator::http::orchestrator_router;
 use rideshare_dbaas::orchestrator::{Orchestrator, RunningOrchestrator};
 use rideshare_dbaas::runtime::Runtime;
+use rideshare_dbaas::worker::{SnapshotSettings, WorkerConfig};
 use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::engines;
 use crate::observe;
+use crate::roles::snapshot_dir;
 use crate::serve::{bind, run_until, spawn_server};
 
 /// A running `rideshare up`: where it listens, and how to stop it.
@@ -77,17 +79,30 @@ enum Dbaas {
 
 impl Dbaas {
     async fn start(args: &UpArgs) -> anyhow::Result<Self> {
-        let config = args.scaling.orchestrator_config(&args.batching);
+        let mut config = args.scaling.orchestrator_config(&args.batching);
         if !args.engines.is_real() {
             let log_path = args.data_dir.join("rideshare.log");
             let log = FileLog::open(&log_path)
                 .with_context(|| format!("cannot open the write log {}", log_path.display()))?;
             tracing::info!("write log in {}", log_path.display());
+            let snapshots = snapshot_dir(
+                args.runtime.snapshots.dir(args.data_dir.join("snapshots")),
+                &args.runtime.snapshots,
+            )?;
+            config.snapshots = snapshots.clone();
+            let stores = WorkerStores::SqliteDir(args.data_dir.join("workers"));
+            let mut worker = WorkerConfig::new("", 0);
+            worker.snapshots = snapshots.map(|dir| SnapshotSettings {
+                dir,
+                every: args.runtime.snapshots.snapshot_every,
+                kind: stores.kind(),
+            });
             let cluster = EmbeddedCluster::start(
                 Arc::new(log),
                 EmbeddedConfig {
-                    stores: WorkerStores::SqliteDir(args.data_dir.join("workers")),
+                    stores,
                     orchestrator: config,
+                    worker,
                     ..EmbeddedConfig::default()
                 },
             )
@@ -95,6 +110,7 @@ impl Dbaas {
             .context("cannot start the database service")?;
             return Ok(Dbaas::Embedded(Box::new(cluster)));
         }
+        config.snapshots = snapshot_dir(args.runtime.snapshot_dir(), &args.runtime.snapshots)?;
         let engines = args.engines.connect().await?;
         let runtime = engines::runtime(&args.engines, &args.runtime).await?;
         let running = Orchestrator::start(config, engines.orchestrator_deps(Arc::clone(&runtime)))

@@ -20,7 +20,7 @@ use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 use rideshare_core::Username;
 use rideshare_dbaas::client::OrchestratorDb;
-use rideshare_svc::args::{EngineArgs, RuntimeArgs, RuntimeKind};
+use rideshare_svc::args::{EngineArgs, RuntimeArgs, RuntimeKind, SnapshotArgs};
 use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
 use serde_json::json;
@@ -127,6 +127,8 @@ fn engine_args(ns: &Namespace) -> EngineArgs {
         zk: Some(ns.zk.clone()),
         zk_session_timeout: Duration::from_secs(1),
         log_stream: "rideshare.log".into(),
+        log_max_bytes: 1 << 30,
+        log_segment_bytes: 64 << 20,
     }
 }
 
@@ -138,6 +140,11 @@ fn runtime_args(ns: &Namespace, runtime: RuntimeKind) -> RuntimeArgs {
         cluster: ns.name.clone(),
         worker_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_rideshare"))),
         worker_data_dir: PathBuf::from("/tmp/rideshare-workers").join(&ns.name),
+        snapshots: SnapshotArgs {
+            snapshot_every: 10_000,
+            snapshot_keep: 2,
+            snapshot_dir: None,
+        },
     }
 }
 

@@ -1,8 +1,9 @@
 //! The RabbitMQ adapters against a live RabbitMQ (`RIDESHARE_AMQP_URL`, by default
 //! `amqp://127.0.0.1:5672/%2f`): the dbaas broker and log conformance suites, unchanged, then
 //! what only the real server shows: `end()` (which RabbitMQ does not report directly), reading
-//! from the middle of a stream of many chunks, and connection loss and recovery, made by cutting
-//! a TCP proxy between the adapter and RabbitMQ (RabbitMQ itself keeps running).
+//! from the middle of a stream of many chunks, retention (entries dropped, a stream made with
+//! other retention arguments), and connection loss and recovery, made by cutting a TCP proxy
+//! between the adapter and RabbitMQ (RabbitMQ itself keeps running).
 //!
 //! The tests that need RabbitMQ are ignored by a plain `cargo test`; `./scripts/test.sh` starts
 //! RabbitMQ and runs them. Run without RabbitMQ they fail, saying so; none skips.
@@ -17,7 +18,7 @@ use rideshare_dbaas::broker::{Broker, Consumer, Delivery, Message};
 use rideshare_dbaas::conformance::{broker_suite, log_suite};
 use rideshare_dbaas::log::{Log, LogReader, Record};
 use rideshare_dbaas::Error;
-use rideshare_svc::adapters::rabbit::{RabbitBroker, RabbitLog};
+use rideshare_svc::adapters::rabbit::{RabbitBroker, RabbitLog, Retention};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -353,6 +354,298 @@ async fn dropping_many_consumers_and_readers_keeps_the_connection() {
     );
     drop((survivor, log, broker));
     delete_queues(&[queue, watched, stream]).await;
+}
+
+// ---- retention ---------------------------------------------------------------------------------
+
+/// An entry of exactly 200 bytes.
+fn big_entry(i: u64) -> Bytes {
+    let mut text = format!("entry-{i:05}-");
+    text.extend(std::iter::repeat_n('x', 200 - text.len()));
+    Bytes::from(text)
+}
+
+/// The append number `i` a [`big_entry`] holds.
+fn big_entry_number(data: &Bytes) -> u64 {
+    std::str::from_utf8(&data[6..11])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a big entry: {data:?}"))
+}
+
+/// Reads from `from` to the entry of append `last`, checking that the appends come in order,
+/// none missing, and that indexes only grow, by one or, at a segment start, two. Returns the
+/// reader, the last index, and how many indexes had no entry.
+async fn read_appends_in_order(
+    log: &RabbitLog,
+    from: u64,
+    first_append: u64,
+    last: u64,
+) -> (Box<dyn LogReader>, u64, u64) {
+    let mut reader = log.read_from(from).await.unwrap();
+    let mut index = from - 1;
+    let mut holes = 0;
+    for number in first_append..=last {
+        let record = next_record(&mut reader).await;
+        assert_eq!(
+            big_entry_number(&record.data),
+            number,
+            "append {number}, read from {from}"
+        );
+        assert_eq!(record.data, big_entry(number));
+        let step = record.index - index;
+        if number == first_append {
+            assert!(step <= 2, "first record {} read from {from}", record.index);
+        } else {
+            assert!(
+                step == 1 || step == 2,
+                "index {} after {index}: a segment start skips one index, nothing more",
+                record.index
+            );
+        }
+        holes += step - 1;
+        index = record.index;
+    }
+    (reader, index, holes)
+}
+
+/// What a new reader from index 1 gets first: `Some(first)` if retention dropped index 1.
+async fn truncated_at(log: &RabbitLog) -> Option<u64> {
+    let mut reader = log.read_from(1).await.unwrap();
+    match within("first read from 1", reader.next()).await {
+        Some(Ok(record)) => {
+            assert_eq!(
+                record.index, 1,
+                "a stream still holding entry 1 starts there"
+            );
+            None
+        }
+        Some(Err(Error::LogTruncated { first })) => Some(first),
+        other => panic!("reading from 1: expected entry 1 or LogTruncated, got {other:?}"),
+    }
+}
+
+/// Asks RabbitMQ directly to declare `stream` with `arguments` (on a connection of its own):
+/// how the stream was made before the log set retention, and what RabbitMQ says to a declare.
+async fn raw_declare_stream(stream: &str, retention: Option<(i64, i64)>) -> Result<(), String> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let channel = conn.create_channel().await.expect("raw channel");
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    if let Some((max, segment)) = retention {
+        arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(max));
+        arguments.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(segment),
+        );
+    }
+    let declared = channel
+        .queue_declare(stream.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let _ = conn.close(200, "declared".into()).await;
+    declared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn retention_drops_the_oldest_entries_and_a_reader_below_gets_log_truncated() {
+    require_rabbit().await;
+    let stream = unique("retention");
+    // Small, so a few thousand entries go past it: segments of 64 KiB, 256 KiB kept.
+    let retention = Retention::new(256 * 1024, 64 * 1024).unwrap();
+    let log = RabbitLog::connect_with(&url(), &stream, retention)
+        .await
+        .unwrap();
+    // 4,000 entries of 200 bytes (about 800 KB), then more while retention has not acted yet:
+    // RabbitMQ applies it when a segment fills up, and in the background.
+    const BATCH: u64 = 500;
+    let mut appended = 0;
+    loop {
+        let appends: Vec<_> = (appended + 1..=appended + BATCH)
+            .map(|i| log.append(big_entry(i)))
+            .collect();
+        for result in within("append batch", futures::future::join_all(appends)).await {
+            result.unwrap();
+        }
+        appended += BATCH;
+        if appended >= 4_000 && truncated_at(&log).await.is_some() {
+            break;
+        }
+        assert!(
+            appended < 20_000,
+            "retention dropped nothing after {appended} entries of 200 bytes"
+        );
+    }
+    // Retention runs in the background: let it settle before reading what it kept.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = log.end().await.unwrap();
+    assert!(
+        end >= appended,
+        "end {end} after {appended} appends: retention does not move it back"
+    );
+
+    // A reader from 1 is told where the stream now starts, and keeps saying it.
+    let mut reader = log.read_from(1).await.unwrap();
+    let first = match within("read from 1", reader.next()).await {
+        Some(Err(Error::LogTruncated { first })) => first,
+        other => panic!("read from 1 after retention: expected LogTruncated, got {other:?}"),
+    };
+    assert!(first > 2 && first <= end, "first kept {first}, end {end}");
+    assert!(
+        matches!(
+            within("read from 1 again", reader.next()).await,
+            Some(Err(Error::LogTruncated { first: again })) if again == first
+        ),
+        "a truncated reader says so on every call"
+    );
+    // Two below the first index kept: dropped too. One below is the first kept segment's
+    // tracking offset, which holds no entry: that reader starts at `first`.
+    let mut reader = log.read_from(first - 2).await.unwrap();
+    match within("read from first - 2", reader.next()).await {
+        Some(Err(Error::LogTruncated { first: said })) => assert_eq!(said, first),
+        other => panic!(
+            "read from {}: expected LogTruncated, got {other:?}",
+            first - 2
+        ),
+    }
+    let mut reader = log.read_from(first - 1).await.unwrap();
+    assert_eq!(next_record(&mut reader).await.index, first);
+    drop(reader);
+
+    // From the first index kept, every append after the dropped ones, in order, then the tail.
+    let mut reader = log.read_from(first).await.unwrap();
+    let first_kept = big_entry_number(&next_record(&mut reader).await.data);
+    drop(reader);
+    let (mut reader, last_index, holes) =
+        read_appends_in_order(&log, first, first_kept, appended).await;
+    assert_eq!(last_index, end, "the last index read is end()");
+    log.append(big_entry(appended + 1)).await.unwrap();
+    let tail = next_record(&mut reader).await;
+    assert_eq!(tail.data, big_entry(appended + 1));
+    assert!(tail.index > end);
+    println!(
+        "retention dropped appends 1..={} ({} of {appended}, indexes 1..{first}); kept {} \
+         appends ({} bytes of payload) at indexes {first}..={end}, {holes} segment-start \
+         offsets among them; max {} bytes, segments of {} bytes",
+        first_kept - 1,
+        first_kept - 1,
+        appended - first_kept + 1,
+        (appended - first_kept + 1) * 200,
+        retention.max_bytes,
+        retention.segment_bytes
+    );
+    drop((reader, log));
+    delete_queues(&[stream]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn a_segment_start_skips_an_index_and_drops_no_entry() {
+    require_rabbit().await;
+    let stream = unique("segments");
+    // Small segments, nothing dropped: 2,000 entries of 200 bytes fill several segments.
+    let retention = Retention::new(1 << 30, 64 * 1024).unwrap();
+    let log = RabbitLog::connect_with(&url(), &stream, retention)
+        .await
+        .unwrap();
+    const COUNT: u64 = 2_000;
+    let appends: Vec<_> = (1..=COUNT).map(|i| log.append(big_entry(i))).collect();
+    for result in within("appends", futures::future::join_all(appends)).await {
+        result.unwrap();
+    }
+    let end = log.end().await.unwrap();
+    let (_reader, last_index, holes) = read_appends_in_order(&log, 1, 1, COUNT).await;
+    assert_eq!(last_index, end, "the last index read is end()");
+    assert_eq!(end, COUNT + holes, "end counts the segment-start offsets");
+    assert!(
+        holes > 0,
+        "2,000 entries of 200 bytes fill more than one 64 KiB segment"
+    );
+    println!("{COUNT} entries: end {end}, {holes} segment-start offsets without an entry");
+    drop((_reader, log));
+    delete_queues(&[stream]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test.sh"]
+async fn a_stream_made_with_other_retention_is_used_as_it_is() {
+    require_rabbit().await;
+    // Made without retention, as before the log set any, with two entries in it.
+    let stream = unique("old-stream");
+    raw_declare_stream(&stream, None).await.unwrap();
+    let first = log(&stream).await;
+    first.append(entry(1)).await.unwrap();
+    drop(first);
+
+    // Asked for other retention, RabbitMQ refuses the declare (406, "inequivalent arg"): the
+    // log keeps the stream, its settings and its entries. Through a proxy, to reconnect below.
+    let proxy = Proxy::start(rabbit_address()).await;
+    let retention = Retention::new(256 * 1024, 64 * 1024).unwrap();
+    let log = RabbitLog::connect_with(&proxy.url(), &stream, retention)
+        .await
+        .unwrap();
+    log.append(entry(2)).await.unwrap();
+    assert_eq!(log.end().await.unwrap(), 2);
+    let mut reader = log.read_from(1).await.unwrap();
+    for index in 1..=2 {
+        assert_eq!(
+            next_record(&mut reader).await,
+            Record {
+                index,
+                data: entry(index)
+            }
+        );
+    }
+    // The stream has its own arguments still: none.
+    raw_declare_stream(&stream, None)
+        .await
+        .expect("the stream keeps the arguments it was made with");
+    let refused = raw_declare_stream(&stream, Some((256 * 1024, 64 * 1024))).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("inequivalent arg")),
+        "the retention asked for was not applied: {refused:?}"
+    );
+
+    // After a reconnection the stream is declared again, refused again, and kept again.
+    proxy.cut();
+    match within("reader during the outage", reader.next()).await {
+        Some(Err(Error::LogUnavailable(_))) => {}
+        other => panic!("a reader of a lost connection reports it: {other:?}"),
+    }
+    proxy.restore().await;
+    eventually("append after reconnection", async || {
+        log.append(entry(3)).await
+    })
+    .await;
+    assert_eq!(next_record(&mut reader).await.index, 3);
+
+    // A stream made with retention, opened with other retention (the defaults): kept as well.
+    let made_small = unique("small-stream");
+    let small = RabbitLog::connect_with(&url(), &made_small, retention)
+        .await
+        .unwrap();
+    let other = RabbitLog::connect(&url(), &made_small)
+        .await
+        .expect("a stream with other retention is used as it is");
+    other.append(entry(1)).await.unwrap();
+    assert_eq!(small.end().await.unwrap(), 1);
+    raw_declare_stream(&made_small, Some((256 * 1024, 64 * 1024)))
+        .await
+        .expect("the stream keeps the retention it was made with");
+
+    drop((reader, log, small, other));
+    delete_queues(&[stream, made_small]).await;
 }
 
 // ---- connection loss ----------------------------------------------------------------------------

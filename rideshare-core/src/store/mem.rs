@@ -1,6 +1,9 @@
 //! An in-memory `Store`: the reference the SQLite store is checked against.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 
 use crate::area::Area;
 use crate::domain::{RideId, Timestamp, Username};
@@ -177,5 +180,108 @@ impl Store for MemStore {
             rides: self.rides.values().cloned().collect(),
             next_ride_id: self.next_ride_id,
         })
+    }
+
+    fn export(&mut self, to: &Path) -> Result<(), StoreError> {
+        let image = Image::of(self);
+        let bytes = serde_json::to_vec(&image).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        std::fs::write(to, bytes)
+            .map_err(|e| StoreError::Corrupt(format!("writing {}: {e}", to.display())))
+    }
+}
+
+/// A memory store's snapshot file: its whole state as JSON (tests and simulations only hold
+/// small states; a SQLite store's snapshot is a database file).
+#[derive(Serialize, Deserialize)]
+struct Image {
+    /// (seq, username, password hash), in seq order.
+    users: Vec<(u64, Username, String)>,
+    next_user_seq: u64,
+    /// (id, created_by, seconds, source, destination, riders in join order).
+    rides: Vec<(u64, Username, i64, u16, u16, Vec<Username>)>,
+    next_ride_id: u64,
+    applied_index: u64,
+    /// (log index, request id, outcome), oldest first.
+    requests: Vec<(u64, RequestId, WriteOutcome)>,
+}
+
+impl Image {
+    fn of(store: &MemStore) -> Image {
+        Image {
+            users: store
+                .users
+                .iter()
+                .map(|(seq, (u, h))| (*seq, u.clone(), h.clone()))
+                .collect(),
+            next_user_seq: store.next_user_seq,
+            rides: store
+                .rides
+                .values()
+                .map(|(r, riders)| {
+                    (
+                        r.id.0,
+                        r.created_by.clone(),
+                        r.timestamp.to_seconds(),
+                        r.source.number(),
+                        r.destination.number(),
+                        riders.clone(),
+                    )
+                })
+                .collect(),
+            next_ride_id: store.next_ride_id,
+            applied_index: store.applied_index,
+            requests: store
+                .request_order
+                .iter()
+                .filter_map(|(index, id)| {
+                    store
+                        .requests
+                        .get(id)
+                        .map(|outcome| (*index, id.clone(), outcome.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    fn into_store(self) -> Result<MemStore, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("memory snapshot: {what}"));
+        let mut store = MemStore {
+            next_user_seq: self.next_user_seq,
+            next_ride_id: self.next_ride_id,
+            applied_index: self.applied_index,
+            ..MemStore::default()
+        };
+        for (seq, username, hash) in self.users {
+            store.user_seq.insert(username.clone(), seq);
+            store.users.insert(seq, (username, hash));
+        }
+        for (id, created_by, seconds, source, destination, riders) in self.rides {
+            let area = |n: u16| Area::new(n).map_err(|e| corrupt(e.to_string()));
+            let ride = Ride {
+                id: RideId(id),
+                created_by,
+                timestamp: Timestamp::from_seconds(seconds)
+                    .ok_or_else(|| corrupt(format!("bad time {seconds}")))?,
+                source: area(source)?,
+                destination: area(destination)?,
+            };
+            store.rides.insert(ride.id, (ride, riders));
+        }
+        for (index, id, outcome) in self.requests {
+            store.requests.insert(id.clone(), outcome);
+            store.request_order.push_back((index, id));
+        }
+        Ok(store)
+    }
+}
+
+impl MemStore {
+    /// A store holding the state a snapshot file written by [`Store::export`] holds.
+    pub fn import(from: &Path) -> Result<MemStore, StoreError> {
+        let bytes = std::fs::read(from)
+            .map_err(|e| StoreError::Corrupt(format!("reading {}: {e}", from.display())))?;
+        let image: Image = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("memory snapshot: {e}")))?;
+        image.into_store()
     }
 }

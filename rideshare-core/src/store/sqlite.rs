@@ -234,6 +234,26 @@ impl SnapshotReader for SqliteStore {
         AnsiTransactionManager::commit_transaction(&mut self.conn).map_err(db_err)?;
         read
     }
+
+    fn export(&mut self, to: &Path) -> Result<u64, StoreError> {
+        vacuum_into(&mut self.conn, to)?;
+        // The copy's own applied index: the state VACUUM INTO read, whatever was committed
+        // since on this file.
+        SqliteStore::open(to)?.applied_index()
+    }
+}
+
+/// `VACUUM INTO`: SQLite's own consistent copy of a database (one read transaction, pages
+/// written compactly into a new file), which readers on other connections do not block.
+fn vacuum_into(conn: &mut SqliteConnection, to: &Path) -> Result<(), StoreError> {
+    let to = to
+        .to_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("path {to:?} is not UTF-8")))?;
+    diesel::sql_query("VACUUM INTO ?")
+        .bind::<diesel::sql_types::Text, _>(to)
+        .execute(conn)
+        .map_err(db_err)?;
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -453,5 +473,14 @@ impl Store for SqliteStore {
             rides: rides_out,
             next_ride_id: self.next_ride_id()?,
         })
+    }
+
+    fn export(&mut self, to: &Path) -> Result<(), StoreError> {
+        if self.grouped {
+            return Err(StoreError::Corrupt(
+                "cannot export inside a commit group".into(),
+            ));
+        }
+        vacuum_into(&mut self.conn, to)
     }
 }

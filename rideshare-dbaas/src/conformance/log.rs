@@ -1,6 +1,10 @@
 //! The [`Log`] conformance suite: one case per "must" of the trait's contract.
 //!
 //! The factory must return an empty log (the real adapter: a fresh stream) for each case.
+//!
+//! The truncation cases accept a log that keeps more than asked (up to everything, as the
+//! default `truncate_before` does), but not one that drops an entry at or above the index or
+//! renumbers what it keeps.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 
 use super::{check, check_eq, ok, run_suite, within, Case, CaseResult, Report};
+use crate::error::Error;
 use crate::log::{Log, LogReader, Record};
 
 /// Runs every log case, each on a fresh, empty log from `make`.
@@ -48,6 +53,15 @@ where
         ),
         ("a_cancelled_next_loses_no_entry", |l| {
             a_cancelled_next_loses_no_entry(l).boxed()
+        }),
+        ("truncation_keeps_every_entry_at_or_above_the_index", |l| {
+            truncation_keeps_every_entry_at_or_above_the_index(l).boxed()
+        }),
+        ("truncating_up_to_the_end_keeps_the_next_index", |l| {
+            truncating_up_to_the_end_keeps_the_next_index(l).boxed()
+        }),
+        ("a_reader_behind_the_truncation_gets_log_truncated", |l| {
+            a_reader_behind_the_truncation_gets_log_truncated(l).boxed()
         }),
     ];
     run_suite("log", make, cases).await
@@ -344,6 +358,151 @@ async fn readers_following_the_tail_see_one_order_without_gaps<L: Log>(log: L) -
             mine.len() == want.len() && mine.iter().zip(&want).all(|(a, b)| *a == b),
             "writer {w}'s entries out of order or missing: {mine:?}"
         );
+    }
+    Ok(())
+}
+
+/// `read_from(from)` below the first index held fails with `LogTruncated` naming that index.
+async fn read_below_first_is_log_truncated(log: &impl Log, from: u64, first: u64) -> CaseResult {
+    match log.read_from(from).await {
+        Err(Error::LogTruncated { first: said }) => {
+            check_eq!(said, first, "first index named by read_from({from})");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "read_from({from}) below first {first}: expected LogTruncated, got {e}"
+        )),
+        Ok(_) => Err(format!(
+            "read_from({from}) below first {first}: expected LogTruncated, got a reader"
+        )),
+    }
+}
+
+/// Truncation may keep more than asked, never less, and renumbers nothing: the kept entries,
+/// and later appends, have the indexes and contents they had.
+async fn truncation_keeps_every_entry_at_or_above_the_index<L: Log>(log: L) -> CaseResult {
+    for i in 1..=10 {
+        append(&log, format!("e{i}")).await?;
+    }
+    let first = ok("truncate_before(6)", log.truncate_before(6).await)?;
+    check!(
+        (1..=6).contains(&first),
+        "truncate_before(6) says the first index kept is {first}: it may keep more, never less"
+    );
+    check_eq!(
+        ok("first", log.first().await)?,
+        first,
+        "first() after truncate_before(6)"
+    );
+    check_eq!(ok("end", log.end().await)?, 10, "end after truncation");
+    let mut r = reader(&log, first).await?;
+    for i in first..=10 {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(
+            record,
+            Record {
+                index: i,
+                data: entry(format!("e{i}"))
+            },
+            "entry {i} after truncate_before(6)"
+        );
+    }
+    if first > 1 {
+        read_below_first_is_log_truncated(&log, first - 1, first).await?;
+    }
+    append(&log, "e11").await?;
+    let record = next(&mut r, "entry 11, appended after truncation").await?;
+    check_eq!(
+        record,
+        Record {
+            index: 11,
+            data: entry("e11")
+        },
+        "the append after truncation"
+    );
+    // First only moves forward: truncating below it again changes nothing.
+    check_eq!(
+        ok("truncate_before(2)", log.truncate_before(2).await)?,
+        first,
+        "truncate_before(2) after truncate_before(6)"
+    );
+    check_eq!(
+        ok("first", log.first().await)?,
+        first,
+        "first() after truncate_before(2)"
+    );
+    Ok(())
+}
+
+/// Truncating everything a snapshot can cover (up to `end + 1`) leaves the next append at the
+/// index it would have had.
+async fn truncating_up_to_the_end_keeps_the_next_index<L: Log>(log: L) -> CaseResult {
+    for i in 1..=3 {
+        append(&log, format!("e{i}")).await?;
+    }
+    let first = ok("truncate_before(4)", log.truncate_before(4).await)?;
+    check!(
+        (1..=4).contains(&first),
+        "truncate_before(4) says the first index kept is {first}"
+    );
+    check_eq!(ok("first", log.first().await)?, first, "first()");
+    check_eq!(
+        ok("end", log.end().await)?,
+        3,
+        "end after truncating everything"
+    );
+    let mut at_the_tail = reader(&log, 4).await?;
+    append(&log, "e4").await?;
+    check_eq!(
+        next(&mut at_the_tail, "entry 4").await?,
+        Record {
+            index: 4,
+            data: entry("e4")
+        },
+        "the append after truncating everything"
+    );
+    let mut r = reader(&log, first).await?;
+    for i in first..=4 {
+        let record = next(&mut r, &format!("entry {i}")).await?;
+        check_eq!(record.index, i, "index read from the first kept");
+    }
+    Ok(())
+}
+
+/// A reader whose next entry was dropped says so instead of skipping ahead; one whose next
+/// entry was kept reads it.
+async fn a_reader_behind_the_truncation_gets_log_truncated<L: Log>(log: L) -> CaseResult {
+    for i in 1..=6 {
+        append(&log, format!("e{i}")).await?;
+    }
+    let mut behind = reader(&log, 1).await?;
+    let record = next(&mut behind, "entry 1").await?;
+    check_eq!(record.index, 1, "first entry read");
+    let first = ok("truncate_before(5)", log.truncate_before(5).await)?;
+    let got = within("next() of a reader left behind", behind.next()).await?;
+    if first <= 2 {
+        match got {
+            Some(Ok(record)) => check_eq!(
+                record,
+                Record {
+                    index: 2,
+                    data: entry("e2")
+                },
+                "entry 2, which the log kept"
+            ),
+            other => return Err(format!("entry 2 was kept (first {first}), got {other:?}")),
+        }
+    } else {
+        match got {
+            Some(Err(Error::LogTruncated { first: said })) => {
+                check_eq!(said, first, "first index named to a reader left behind")
+            }
+            other => {
+                return Err(format!(
+                    "entry 2 was dropped (first {first}): expected LogTruncated, got {other:?}"
+                ))
+            }
+        }
     }
     Ok(())
 }

@@ -17,6 +17,23 @@
 //!
 //! `append` does not return the index: the real log (a RabbitMQ stream) does not say it on
 //! confirm. A writer learns its entry's index by reading the log, as every replica does.
+//!
+//! # Truncation
+//!
+//! History is bounded by snapshots: once a snapshot covers every entry below some index, the
+//! log may drop those entries ([`Log::truncate_before`]), and a replica installs the snapshot and
+//! replays only the tail. Truncation never renumbers: the entries kept, and every later append,
+//! keep the indexes they would have had. To ensure correctness:
+//! - callers only ever pass `truncate_before` an index whose every predecessor a durable snapshot
+//!   covers (so at most `end() + 1`);
+//! - a log never drops an entry at or above that index; it may keep more than asked (whole
+//!   segments, or everything, as a RabbitMQ stream does, bounded by its own retention instead);
+//! - [`Log::first`] only moves forward, and `first() <= end() + 1` (equal when nothing is held).
+//!
+//! A reader that asks for a dropped entry learns it with [`Error::LogTruncated`] carrying the
+//! first index still held: `read_from(from)` with `from` below `first()` fails with it, and a
+//! reader whose next entry was truncated away (it fell behind) yields it from `next()` instead
+//! of skipping ahead. Either way the reader must start again from a snapshot.
 
 pub mod file;
 pub mod mem;
@@ -100,6 +117,23 @@ pub trait Log: Send + Sync + 'static {
     fn append(&self, data: Bytes) -> Appended;
     /// Reads from `from` (1-based) on, then follows the tail.
     async fn read_from(&self, from: u64) -> Result<Box<dyn LogReader>>;
-    /// The index of the last confirmed entry (0 when empty).
+    /// The index of the last confirmed entry (0 when empty). Truncation does not change it.
     async fn end(&self) -> Result<u64>;
+
+    /// Drops the entries below `index` where the log can, and returns the first index it still
+    /// holds (at most `index`, for `index` >= 1). `index` must be covered by a snapshot (see the module docs); an
+    /// entry at or above it is never dropped. A log may keep more than asked: this default keeps
+    /// everything, as a RabbitMQ stream does (its retention bounds it instead).
+    async fn truncate_before(&self, index: u64) -> Result<u64> {
+        let _ = index;
+        Ok(1)
+    }
+
+    /// The first index the log still holds: 1 until it is truncated, then the first index kept.
+    /// When the log holds no entry (never appended to, or truncated up to its end) it is
+    /// `end() + 1`, the index the next append will get. Reading from below it fails with
+    /// [`Error::LogTruncated`].
+    async fn first(&self) -> Result<u64> {
+        Ok(1)
+    }
 }

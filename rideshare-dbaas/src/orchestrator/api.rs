@@ -122,6 +122,22 @@ pub struct WorkerStatus {
     /// Where the worker serves `/health`, `/ready` and `/metrics`, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// The newest snapshot the worker was installed from or wrote.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// How far its catch-up at start has come (kept once it serves).
+    #[serde(default)]
+    pub catch_up: Option<CatchUpProgress>,
+}
+
+/// A catch-up's progress: from the index the store started at (a snapshot's, or 0) to the
+/// log's end when it started.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CatchUpProgress {
+    pub from: u64,
+    pub to: u64,
+    /// Entries applied of `to - from`, in percent (100 once there).
+    pub percent: f64,
 }
 
 /// The scaler's window.
@@ -173,6 +189,10 @@ pub struct WorkerBrief {
     pub applied_index: Option<u64>,
     pub lag: Option<u64>,
     pub state: WorkerState,
+    /// The newest snapshot it was installed from or wrote.
+    pub snapshot_index: Option<u64>,
+    /// Its catch-up at start, while it runs and after.
+    pub catch_up: Option<CatchUpProgress>,
 }
 
 impl From<WorkerStatus> for WorkerBrief {
@@ -183,6 +203,8 @@ impl From<WorkerStatus> for WorkerBrief {
             applied_index: w.applied_index,
             lag: w.lag,
             state: w.state,
+            snapshot_index: w.snapshot_index,
+            catch_up: w.catch_up,
         }
     }
 }
@@ -271,6 +293,12 @@ mod tests {
             catch_up_entries: Some(4),
             catch_up_ms: Some(3),
             http: Some("127.0.0.1:9000".into()),
+            snapshot_index: Some(5),
+            catch_up: Some(CatchUpProgress {
+                from: 5,
+                to: 9,
+                percent: 100.0,
+            }),
         }
     }
 

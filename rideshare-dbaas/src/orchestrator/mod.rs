@@ -15,6 +15,7 @@
 pub mod api;
 pub mod dashboard;
 mod front;
+pub mod history;
 pub mod http;
 pub mod prometheus;
 mod scaler;
@@ -41,6 +42,7 @@ use crate::protocol::{MasterRecord, READ_QUEUE, WRITE_QUEUE};
 use crate::registry::{Registry, RenewingRegistry};
 use crate::rpc::RpcClient;
 use crate::runtime::Runtime;
+use crate::snapshot::SnapshotDir;
 
 pub use api::{MemberInfo, ReadAnswer, WriteAck};
 use front::Front;
@@ -70,6 +72,9 @@ pub struct OrchestratorConfig {
     pub max_in_flight: usize,
     /// How calls that queue up are batched into queue messages.
     pub batching: Batching,
+    /// The workers' shared snapshot directory: the log is truncated behind its oldest
+    /// snapshot (and every live worker). `None`: the log keeps everything.
+    pub snapshots: Option<SnapshotDir>,
 }
 
 impl Default for OrchestratorConfig {
@@ -85,6 +90,7 @@ impl Default for OrchestratorConfig {
             start_grace: Duration::from_secs(30),
             max_in_flight: 1024,
             batching: Batching::default(),
+            snapshots: None,
         }
     }
 }
@@ -105,6 +111,7 @@ pub struct Orchestrator {
     /// Replaced by a fresh session when it expires (the orchestrator holds no ephemeral nodes).
     registry: Arc<RenewingRegistry>,
     runtime: Arc<dyn Runtime>,
+    log: Arc<dyn Log>,
     telemetry: Arc<Telemetry>,
     /// Bumped whenever the master node changes.
     master_changes: watch::Sender<u64>,
@@ -152,6 +159,7 @@ impl Orchestrator {
             ),
             registry,
             runtime: deps.runtime,
+            log: Arc::clone(&deps.log),
             telemetry,
             master_changes,
             switching: tokio::sync::Mutex::new(()),
@@ -161,6 +169,9 @@ impl Orchestrator {
         tasks.spawn(scaler::run(Arc::clone(&orchestrator)));
         tasks.spawn(follow_master(Arc::clone(&orchestrator)));
         tasks.spawn(telemetry::follow_master(Arc::clone(&orchestrator)));
+        if let Some(dir) = config.snapshots.clone() {
+            tasks.spawn(history::run(Arc::clone(&orchestrator), dir));
+        }
         tracing::info!(acked, target, "orchestrator started");
         Ok(RunningOrchestrator {
             orchestrator,

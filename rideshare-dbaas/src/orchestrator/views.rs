@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::api::{ClusterStatus, MemberInfo, ScalingStatus, ShownRole, WorkerState, WorkerStatus};
+use super::api::{
+    CatchUpProgress, ClusterStatus, MemberInfo, ScalingStatus, ShownRole, WorkerState, WorkerStatus,
+};
 use super::Orchestrator;
 use crate::error::Result;
 use crate::protocol::{MasterRecord, Role};
@@ -45,6 +47,8 @@ pub fn worker_views(
                     catch_up_entries: None,
                     catch_up_ms: None,
                     http: None,
+                    snapshot_index: None,
+                    catch_up: None,
                 },
             }
         })
@@ -96,6 +100,22 @@ fn registered_view(
         catch_up_entries: record.catch_up.map(|c| c.entries),
         catch_up_ms: record.catch_up.map(|c| c.ms),
         http: record.http.clone(),
+        snapshot_index: record
+            .snapshots
+            .and_then(|s| s.installed.into_iter().chain(s.taken).max()),
+        catch_up: record.catching_up.map(|plan| {
+            let done = applied.unwrap_or(plan.from).saturating_sub(plan.from);
+            let span = plan.to.saturating_sub(plan.from);
+            CatchUpProgress {
+                from: plan.from,
+                to: plan.to,
+                percent: if span == 0 || record.catch_up.is_some() {
+                    100.0
+                } else {
+                    (done as f64 * 100.0 / span as f64).min(100.0)
+                },
+            }
+        }),
     }
 }
 
@@ -197,7 +217,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::protocol::{CatchUp, MemberRecord, Progress};
+    use crate::protocol::{CatchUp, CatchUpPlan, MemberRecord, Progress};
 
     fn member(id: &str, pid: u32, role: Role, caught_up: bool, applied: Option<u64>) -> MemberInfo {
         MemberInfo {
@@ -213,6 +233,8 @@ mod tests {
                     epoch: 2,
                 }),
                 http: None,
+                catching_up: Some(CatchUpPlan { from: 0, to: 4 }),
+                snapshots: None,
             },
         }
     }

@@ -144,7 +144,13 @@ pub(super) async fn elect_self(
             continue;
         }
         let (members, members_changed) = registry.members_watch().await?;
-        let members: Vec<_> = members.iter().map(|m| m.member()).collect();
+        // Only workers that serve stand: one still catching up (installing a snapshot,
+        // replaying) would hold the election until it is done.
+        let members: Vec<_> = members
+            .iter()
+            .filter(|m| m.record.catch_up.is_some())
+            .map(|m| m.member())
+            .collect();
         if elect(&members, None).map(|m| &m.id) == Some(&shared.config.id) {
             if let Some(epoch) = try_promote(shared, deps, registry).await? {
                 return Ok(epoch);

@@ -35,6 +35,7 @@
 
 mod membership;
 mod serve;
+mod snapshot;
 mod store;
 mod tail;
 
@@ -50,8 +51,11 @@ use crate::broker::Broker;
 use crate::coord::Coordinator;
 use crate::error::{Error, Result};
 use crate::log::Log;
-use crate::protocol::{CatchUp, MemberRecord, Role, READ_QUEUE, WRITE_QUEUE};
+use crate::protocol::{
+    CatchUp, CatchUpPlan, MemberRecord, Role, SnapshotState, READ_QUEUE, WRITE_QUEUE,
+};
 use crate::registry::Registry;
+use crate::snapshot::{Manifest, SnapshotDir, StoreKind, Taken};
 use store::StoreHandle;
 
 /// A worker's settings. Every wait has a bound.
@@ -87,6 +91,19 @@ pub struct WorkerConfig {
     /// Where this worker serves `/health`, `/ready` and `/metrics`, published in its member
     /// record; `None` when it serves none.
     pub http: Option<String>,
+    /// Where and how often it writes snapshots; `None`: never.
+    pub snapshots: Option<SnapshotSettings>,
+}
+
+/// A worker's snapshot settings.
+#[derive(Clone, Debug)]
+pub struct SnapshotSettings {
+    /// The directory every worker of the cluster shares.
+    pub dir: SnapshotDir,
+    /// A snapshot once the replica is this many entries past the newest one.
+    pub every: u64,
+    /// The worker's store, which writes the snapshot in its own format.
+    pub kind: StoreKind,
 }
 
 impl WorkerConfig {
@@ -104,6 +121,7 @@ impl WorkerConfig {
             read_threads: 2,
             ready: Arc::default(),
             http: None,
+            snapshots: None,
         }
     }
 }
@@ -130,6 +148,8 @@ struct Shared {
     /// Moved by the tailer once each commit group is durable.
     position: watch::Sender<Position>,
     waiters: tail::Waiters,
+    /// The last group ends, to tell a snapshot copy's epoch and checksum by its index.
+    recent: snapshot::Recent,
     /// This worker's member record as last written to its node; every change goes through
     /// this lock, so concurrent updates (role, state) do not undo each other.
     member: tokio::sync::Mutex<MemberRecord>,
@@ -147,13 +167,29 @@ impl Shared {
 /// Runs a worker until it must stop: its session ended, it was deposed, or an engine failed.
 /// It never returns `Ok` on its own; the caller (a runtime) treats any return as the worker's
 /// death, and the orchestrator replaces it.
-#[tracing::instrument(name = "worker", skip_all, fields(worker = %config.id, pid = config.pid))]
 pub async fn run_worker(
     config: WorkerConfig,
     deps: WorkerDeps,
     store: Box<dyn Store>,
 ) -> Result<()> {
-    let (store, start_index) = StoreHandle::spawn(store, &config.id, config.read_threads).await?;
+    run_worker_from(config, deps, store, None).await
+}
+
+/// [`run_worker`] on a store installed from the snapshot `installed` (its epoch and checksum
+/// are the store's starting ones).
+#[tracing::instrument(name = "worker", skip_all, fields(worker = %config.id, pid = config.pid))]
+pub async fn run_worker_from(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    store: Box<dyn Store>,
+    installed: Option<Manifest>,
+) -> Result<()> {
+    let start = store::Start {
+        epoch: installed.as_ref().map_or(0, |m| m.epoch),
+        checksum: installed.as_ref().map(|m| m.checksum_parts),
+    };
+    let (store, start_index) =
+        StoreHandle::spawn(store, &config.id, config.read_threads, start).await?;
     let member = MemberRecord {
         id: config.id.clone(),
         pid: config.pid,
@@ -162,16 +198,30 @@ pub async fn run_worker(
         state: None,
         progress: None,
         http: config.http.clone(),
+        catching_up: None,
+        snapshots: installed.as_ref().map(|m| SnapshotState {
+            installed: Some(m.index),
+            taken: None,
+        }),
     };
+    let recent = snapshot::Recent::default();
+    if let Some(checksum) = start.checksum {
+        recent.push(Taken {
+            index: start_index,
+            epoch: start.epoch,
+            checksum,
+        });
+    }
     let shared = Arc::new(Shared {
         config,
         store,
         position: watch::channel(Position {
             index: start_index,
-            epoch: 0,
+            epoch: start.epoch,
         })
         .0,
         waiters: tail::Waiters::default(),
+        recent,
         member: tokio::sync::Mutex::new(member),
     });
     let registry = Registry::connect(deps.coordinator.as_ref()).await?;
@@ -188,6 +238,14 @@ pub async fn run_worker(
         member_path.clone(),
     ));
     catch_up(&shared, &deps, &registry, &member_path, start_index).await?;
+    if let Some(settings) = shared.config.snapshots.clone() {
+        tasks.spawn(snapshot::take_snapshots(
+            Arc::clone(&shared),
+            settings,
+            registry.clone(),
+            member_path.clone(),
+        ));
+    }
     tasks.spawn(membership::publish_state(
         Arc::clone(&shared),
         registry.clone(),
@@ -217,6 +275,14 @@ async fn catch_up(
     let started = Instant::now();
     let config = &shared.config;
     let end = deps.log.end().await?;
+    shared
+        .update_member(registry, member_path, |m| {
+            m.catching_up = Some(CatchUpPlan {
+                from: start_index,
+                to: end,
+            })
+        })
+        .await?;
     tokio::select! {
         caught_up = wait_progressing(shared, end) => caught_up?,
         _ = registry.lost() => return Err(Error::SessionExpired),
@@ -239,34 +305,44 @@ async fn catch_up(
     Ok(())
 }
 
+/// How often a catch-up logs its progress.
+const CATCH_UP_REPORT: Duration = Duration::from_secs(1);
+
 /// Waits until `end` is applied: at most `catch_up_wait` in all, and at most `catch_up_stall`
-/// without applying anything.
+/// without applying anything; logs progress (entries/s) every [`CATCH_UP_REPORT`].
 async fn wait_progressing(shared: &Shared, end: u64) -> Result<()> {
     let config = &shared.config;
     let started = Instant::now();
     let mut seen = shared.position.borrow().index;
+    let mut last_move = Instant::now();
     loop {
+        let step = Instant::now();
         let left = config.catch_up_wait.saturating_sub(started.elapsed());
-        if shared
-            .wait_applied(end, config.catch_up_stall.min(left))
-            .await
-        {
+        if shared.wait_applied(end, CATCH_UP_REPORT.min(left)).await {
             return Ok(());
         }
         let now = shared.position.borrow().index;
-        if left <= config.catch_up_stall {
+        if started.elapsed() >= config.catch_up_wait {
             return Err(Error::Timeout(
                 "catch-up",
                 duration_ms(config.catch_up_wait),
             ));
         }
-        if now == seen {
+        if now != seen {
+            last_move = Instant::now();
+        } else if last_move.elapsed() >= config.catch_up_stall {
             tracing::warn!(applied = now, end, "catch-up stalled: nothing applied");
             return Err(Error::Timeout(
                 "catch-up (stalled)",
                 duration_ms(config.catch_up_stall),
             ));
         }
+        tracing::info!(
+            applied = now,
+            end,
+            entries_per_s = ((now - seen) as f64 / step.elapsed().as_secs_f64().max(1e-3)).round(),
+            "catching up"
+        );
         seen = now;
     }
 }

@@ -6,8 +6,10 @@
 //! queueing without end); each carries a oneshot for its answer. The thread ends when the last
 //! handle is dropped, after the commands already sent.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rideshare_core::checksum::StateChecksum;
 use rideshare_core::machine::{SnapshotReader, StateMachine, Store};
 use rideshare_core::ops::{ReadOp, ReadOutcome};
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::log::Record;
 use crate::protocol::StateDigest;
 use crate::replica::{Effect, ReplicaCore, Skip, Step};
+use crate::snapshot::Taken;
 
 /// Commands waiting for the store at most: reads (a slave's prefetch), commit groups, a
 /// digest, a promotion.
@@ -28,6 +31,7 @@ enum Command {
     Read(Vec<ReadOp>, Answer<Reads>),
     Digest(Answer<StateDigest>),
     Promote(u64, Answer<()>),
+    Export(PathBuf, Answer<Taken>),
 }
 
 /// What applying one commit group did, told once it is durable.
@@ -36,6 +40,8 @@ pub(super) struct Group {
     pub last: u64,
     /// The newest epoch marker applied.
     pub epoch: u64,
+    /// The state checksum once the group is applied (what a snapshot at `last` carries).
+    pub checksum: StateChecksum,
     /// What to tell waiters, in log order.
     pub effects: Vec<Effect>,
 }
@@ -66,17 +72,41 @@ pub(super) struct StoreHandle {
     /// store thread; none for a store without a file (reads then go to the store thread).
     readers: Vec<mpsc::Sender<ReadCommand>>,
     next_reader: AtomicUsize,
+    /// A connection of its own for snapshots (`export`), so writing one holds back neither the
+    /// log nor the reads; none for a store without a file (the store thread exports then).
+    exporter: parking_lot::Mutex<Option<Box<dyn SnapshotReader>>>,
+}
+
+/// Where a store starts: from scratch, or installed from a snapshot whose epoch and checksum
+/// are known.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Start {
+    pub epoch: u64,
+    pub checksum: Option<StateChecksum>,
+}
+
+/// What an export wrote: the applied index of the copy, with its epoch and checksum when the
+/// store thread wrote it (a reader's copy is at an index the caller looks up).
+pub(super) enum Exported {
+    Exact(Taken),
+    At(u64),
 }
 
 impl StoreHandle {
     /// Starts the store thread and up to `readers` reader threads; returns the handle and the
     /// store's applied index.
-    pub async fn spawn(store: Box<dyn Store>, worker: &str, readers: usize) -> Result<(Self, u64)> {
+    pub async fn spawn(
+        store: Box<dyn Store>,
+        worker: &str,
+        readers: usize,
+        from: Start,
+    ) -> Result<(Self, u64)> {
         let mut reader_senders = Vec::with_capacity(readers);
         for n in 0..readers {
             let Some(reader) = store.reader()? else { break };
             reader_senders.push(spawn_reader(reader, worker, n)?);
         }
+        let exporter = store.reader()?;
         let (commands, received) = mpsc::channel(COMMANDS);
         let (started, start) = oneshot::channel();
         // The thread's log lines (skipped entries) carry the worker like its tasks' do.
@@ -86,8 +116,11 @@ impl StoreHandle {
             .spawn(move || {
                 let _entered = span.entered();
                 let mut owner = Owner {
-                    machine: StateMachine::new(store),
-                    core: ReplicaCore::default(),
+                    machine: match from.checksum {
+                        Some(checksum) => StateMachine::with_checksum(store, checksum),
+                        None => StateMachine::new(store),
+                    },
+                    core: ReplicaCore::at(from.epoch, 0),
                 };
                 let _ = started.send(owner.machine.applied_index().map_err(Error::from));
                 owner.run(received);
@@ -99,6 +132,7 @@ impl StoreHandle {
                 commands,
                 readers: reader_senders,
                 next_reader: AtomicUsize::new(0),
+                exporter: parking_lot::Mutex::new(exporter),
             },
             start_index,
         ))
@@ -150,6 +184,26 @@ impl StoreHandle {
     /// marker is appended, so it is in force before any record of that epoch is applied.
     pub async fn promote(&self, epoch: u64) -> Result<()> {
         self.call(|answer| Command::Promote(epoch, answer)).await
+    }
+
+    /// Writes a snapshot of the store to `to`: on the exporter connection when there is one
+    /// (the copy is at whatever group end it read), else on the store thread between groups.
+    pub async fn export(&self, to: PathBuf) -> Result<Exported> {
+        let exporter = self.exporter.lock().take();
+        let Some(mut exporter) = exporter else {
+            return self
+                .call(|answer| Command::Export(to, answer))
+                .await
+                .map(Exported::Exact);
+        };
+        let (exported, exporter) = tokio::task::spawn_blocking(move || {
+            let index = exporter.export(&to).map_err(Error::from);
+            (index, exporter)
+        })
+        .await
+        .map_err(|e| Error::adapter("writing a snapshot", e))?;
+        *self.exporter.lock() = Some(exporter);
+        exported.map(Exported::At)
     }
 
     async fn call<T: Send + 'static>(
@@ -232,6 +286,9 @@ impl Owner {
                     self.core = ReplicaCore::at(self.core.epoch(), epoch);
                     let _ = answer.send(Ok(()));
                 }
+                Command::Export(to, answer) => {
+                    let _ = answer.send(self.export(&to));
+                }
             }
         }
     }
@@ -278,7 +335,17 @@ impl Owner {
         Ok(Group {
             last,
             epoch: self.core.epoch(),
+            checksum: self.machine.checksum_parts()?,
             effects,
+        })
+    }
+
+    fn export(&mut self, to: &std::path::Path) -> Result<Taken> {
+        self.machine.export(to)?;
+        Ok(Taken {
+            index: self.machine.applied_index()?,
+            epoch: self.core.epoch(),
+            checksum: self.machine.checksum_parts()?,
         })
     }
 

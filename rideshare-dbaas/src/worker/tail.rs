@@ -137,6 +137,11 @@ fn announce(shared: &Shared, group: Group) -> Result<()> {
             }
         }
     }
+    shared.recent.push(crate::snapshot::Taken {
+        index: group.last,
+        epoch: group.epoch,
+        checksum: group.checksum,
+    });
     shared.position.send_replace(Position {
         index: group.last,
         epoch: group.epoch,

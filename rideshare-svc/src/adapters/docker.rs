@@ -50,6 +50,9 @@ pub struct DockerConfig {
     pub id_prefix: String,
     /// The flag the id is passed with, after `args` (default `--id`); `None` passes none.
     pub id_arg: Option<String>,
+    /// Host directories mounted into every worker at the same path (the shared snapshot
+    /// directory).
+    pub shared_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for DockerConfig {
@@ -63,6 +66,7 @@ impl Default for DockerConfig {
             network_mode: "host".to_owned(),
             id_prefix: "rideshare-worker".to_owned(),
             id_arg: Some("--id".to_owned()),
+            shared_dirs: Vec::new(),
         }
     }
 }
@@ -295,6 +299,13 @@ impl Runtime for DockerRuntime {
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
                 network_mode: Some(self.config.network_mode.clone()),
+                binds: Some(
+                    self.config
+                        .shared_dirs
+                        .iter()
+                        .map(|dir| format!("{0}:{0}", dir.display()))
+                        .collect(),
+                ),
                 // The worker registers std::process::id(); in the host's pid namespace that is
                 // the pid the engine reports and the orchestrator orders by.
                 pid_mode: Some("host".to_owned()),

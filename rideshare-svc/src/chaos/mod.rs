@@ -92,6 +92,10 @@ pub struct ChaosArgs {
     /// Seed of the clients' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Workers write a snapshot every this many log entries: small, so that a run writes
+    /// several and every replacement installs one (0: none).
+    #[arg(long, default_value_t = 300)]
+    pub snapshot_every: u64,
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -136,6 +140,7 @@ fn settings(args: &ChaosArgs) -> Settings<'_> {
         worker_image: &args.worker_image,
         scale_interval: args.scale_interval,
         reads_per_slave: args.reads_per_slave,
+        snapshot_every: args.snapshot_every,
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Settings<'a> {
     pub worker_image: &'a str,
     pub scale_interval: Duration,
     pub reads_per_slave: u64,
+    pub snapshot_every: u64,
 }
 
 pub struct Namespace {
@@ -154,6 +155,7 @@ fn orchestrator_args(
     args.runtime.worker_image = settings.worker_image.to_owned();
     args.scaling.scale_interval = settings.scale_interval;
     args.scaling.reads_per_slave = settings.reads_per_slave;
+    args.runtime.snapshots.snapshot_every = settings.snapshot_every;
     Ok(args)
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
-use rideshare_svc::args::{BatchArgs, EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs};
+use rideshare_svc::args::{
+    BatchArgs, EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, SnapshotArgs,
+};
 use rideshare_svc::cli::{HashingArgs, UpArgs};
 use rideshare_svc::up::Up;
 use serde_json::{json, Value};
@@ -85,6 +87,8 @@ pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
             zk: None,
             zk_session_timeout: Duration::from_secs(4),
             log_stream: "rideshare.log".into(),
+            log_max_bytes: 1 << 30,
+            log_segment_bytes: 64 << 20,
         },
         RuntimeArgs {
             runtime: RuntimeKind::Docker,
@@ -93,6 +97,11 @@ pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
             cluster: "rideshare".into(),
             worker_program: None,
             worker_data_dir: data_dir.join("workers"),
+            snapshots: SnapshotArgs {
+                snapshot_every: 10_000,
+                snapshot_keep: 2,
+                snapshot_dir: None,
+            },
         },
     )
 }

@@ -136,30 +136,78 @@ impl Endpoint {
         }
     }
 
-    /// Declares `queue` on `channel` the way `kind` says.
+    /// Declares `queue` on `channel` the way `kind` says. A stream is declared with its
+    /// retention arguments; if it exists already with others (or none), RabbitMQ refuses with
+    /// PRECONDITION_FAILED, which closes `channel`, and this answers
+    /// [`Declared::Inequivalent`]: the caller goes on with [`Endpoint::keep_existing`] on
+    /// another channel.
     pub(super) async fn declare_on(
         &self,
         channel: &Channel,
         queue: &str,
         kind: QueueKind,
-    ) -> Result<()> {
+    ) -> Result<Declared> {
         let name = short(queue, "queue name")?;
         let mut arguments = FieldTable::default();
         let options = match kind {
             QueueKind::Durable => QueueDeclareOptions::durable(),
             QueueKind::Exclusive => QueueDeclareOptions::exclusive().auto_delete(),
-            QueueKind::Stream => {
+            QueueKind::Stream(retention) => {
                 arguments.insert(
                     "x-queue-type".into(),
                     AMQPValue::LongString("stream".into()),
                 );
+                arguments.insert(
+                    MAX_LENGTH_BYTES.into(),
+                    AMQPValue::LongLongInt(long_long(retention.max_bytes)),
+                );
+                arguments.insert(
+                    MAX_SEGMENT_SIZE_BYTES.into(),
+                    AMQPValue::LongLongInt(long_long(retention.segment_bytes)),
+                );
                 QueueDeclareOptions::durable()
             }
         };
+        let declared =
+            tokio::time::timeout(OP_TIMEOUT, channel.queue_declare(name, options, arguments)).await;
+        match declared {
+            Ok(Ok(_)) => Ok(Declared::Done),
+            Ok(Err(e)) => match (kind, inequivalent_arguments(&e)) {
+                (QueueKind::Stream(_), Some(why)) => Ok(Declared::Inequivalent(why)),
+                _ => Err(self.fail(format_args!("declare {queue}"), queue, e)),
+            },
+            Err(_) => Err(Error::Timeout("declare", millis(OP_TIMEOUT))),
+        }
+    }
+
+    /// After [`Declared::Inequivalent`]: keeps the stream as it is (RabbitMQ fixes a stream's
+    /// arguments when it creates it; a policy can change them later) and checks, with a passive
+    /// declare on `channel` (not the one the refusal closed), that it is still there.
+    pub(super) async fn keep_existing(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        kind: QueueKind,
+        why: &str,
+    ) -> Result<()> {
+        if let QueueKind::Stream(retention) = kind {
+            tracing::warn!(
+                stream = queue,
+                max_bytes = retention.max_bytes,
+                segment_bytes = retention.segment_bytes,
+                rabbitmq = why,
+                "the log stream exists with other retention arguments and keeps its own; \
+                 to change them, set a RabbitMQ policy on it"
+            );
+        }
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
         self.bounded(
-            "declare",
+            "passive declare",
             queue,
-            channel.queue_declare(name, options, arguments),
+            channel.queue_declare(short(queue, "queue name")?, passive, FieldTable::default()),
         )
         .await?;
         Ok(())
@@ -180,16 +228,14 @@ impl Endpoint {
             // others must not stay unusable because of it (a failed declare closes its channel,
             // so the next one opens another).
             let declared = async {
-                let open = match channel.as_ref().filter(|c| c.status().connected()) {
-                    Some(open) => open.clone(),
-                    None => {
-                        let fresh = self
-                            .bounded("open channel to declare", &queue, conn.create_channel())
-                            .await?;
-                        channel.insert(fresh).clone()
-                    }
-                };
-                self.declare_on(&open, &queue, kind).await
+                let open = self.declaring_channel(&mut channel, conn, &queue).await?;
+                if let Declared::Inequivalent(why) = self.declare_on(&open, &queue, kind).await? {
+                    // The refusal closed that channel.
+                    channel = None;
+                    let open = self.declaring_channel(&mut channel, conn, &queue).await?;
+                    self.keep_existing(&open, &queue, kind, &why).await?;
+                }
+                Ok::<_, Error>(())
             };
             if let Err(e) = declared.await {
                 tracing::warn!(queue, ?kind, error = %e, "could not declare a queue again after reconnecting");
@@ -203,6 +249,69 @@ impl Endpoint {
         }
         self.live.send_replace(Some(conn.status().clone()));
     }
+
+    /// The channel `set_up` declares on: the one it has if still open, or a new one on `conn`.
+    async fn declaring_channel(
+        &self,
+        channel: &mut Option<Channel>,
+        conn: &lapin::Connection,
+        queue: &str,
+    ) -> Result<Channel> {
+        if let Some(open) = channel.as_ref().filter(|c| c.status().connected()) {
+            return Ok(open.clone());
+        }
+        let fresh = self
+            .bounded("open channel to declare", queue, conn.create_channel())
+            .await?;
+        Ok(channel.insert(fresh).clone())
+    }
+}
+
+/// What a declare came to.
+#[derive(Debug)]
+pub(super) enum Declared {
+    /// The queue is there as asked (created, or found with the same arguments).
+    Done,
+    /// The stream exists with other arguments than asked (retention set otherwise, or not at
+    /// all): RabbitMQ's refusal ("inequivalent arg ..."), which also closed the channel.
+    Inequivalent(String),
+}
+
+/// The stream argument that bounds its size: RabbitMQ deletes the oldest segments past it.
+const MAX_LENGTH_BYTES: &str = "x-max-length-bytes";
+/// The stream argument that sets the size of a segment file.
+const MAX_SEGMENT_SIZE_BYTES: &str = "x-stream-max-segment-size-bytes";
+
+/// `value` as an AMQP long-long (signed); [`Retention::new`](super::Retention::new) keeps it in
+/// range, anything above is sent as the largest.
+fn long_long(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// RabbitMQ's reason if `e` is its refusal to declare a queue that exists with other optional
+/// arguments: PRECONDITION_FAILED, "inequivalent arg '<name>' for queue ...". Not when the
+/// argument is the queue type or one of the flags (durable, exclusive, auto_delete): a queue of
+/// another kind under the log's name is not a stream to keep. Nor "invalid arg" (a value
+/// RabbitMQ does not accept), also PRECONDITION_FAILED.
+fn inequivalent_arguments(e: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return None;
+    };
+    if !matches!(
+        amqp.kind(),
+        AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    ) {
+        return None;
+    }
+    let why = amqp.get_message().as_str();
+    let not_optional = [
+        "'x-queue-type'",
+        "'durable'",
+        "'exclusive'",
+        "'auto_delete'",
+    ];
+    (why.contains("inequivalent arg") && !not_optional.iter().any(|arg| why.contains(arg)))
+        .then(|| why.to_owned())
 }
 
 impl fmt::Debug for Endpoint {
@@ -303,11 +412,17 @@ impl Link {
             .await
     }
 
-    /// Declares a queue on the live connection and remembers it for reconnections.
+    /// Declares a queue on the live connection and remembers it for reconnections. A stream
+    /// that exists with other arguments is kept as it is (see [`Endpoint::keep_existing`]).
     pub(super) async fn declare(&self, queue: &str, kind: QueueKind) -> Result<()> {
         self.ensure_live()?;
         let channel = channel::get(&self.channels, &self.endpoint).await?;
-        self.declare_on(&channel, queue, kind).await?;
+        if let Declared::Inequivalent(why) = self.declare_on(&channel, queue, kind).await? {
+            // The refusal closed that channel: out of the pool with it, and on to another one.
+            drop(deadpool::managed::Object::take(channel));
+            let channel = channel::get(&self.channels, &self.endpoint).await?;
+            self.keep_existing(&channel, queue, kind, &why).await?;
+        }
         self.topology.lock().insert(queue.to_owned(), kind);
         Ok(())
     }

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::channel::{self, persistent};
 use super::connection::Link;
 use super::log_reader::{stream_index, subscribe_stream, RabbitLogReader, STREAM_OFFSET};
-use super::{millis, short, QueueKind, Side, CONFIRM_TIMEOUT};
+use super::{millis, short, QueueKind, Retention, Side, CONFIRM_TIMEOUT};
 
 /// Probes of [`Log::end`] before giving up when they disagree with RabbitMQ's count.
 const END_ATTEMPTS: usize = 3;
@@ -70,12 +70,22 @@ impl fmt::Debug for AppendRequest {
 }
 
 impl RabbitLog {
-    /// Connects to RabbitMQ at `url` and declares the stream `stream` (durable, no retention
-    /// limit). Fails with [`Error::LogUnavailable`] if it cannot.
+    /// Connects to RabbitMQ at `url` and declares the stream `stream` (durable) with the default
+    /// [`Retention`]: 1 GiB, in segments of 64 MiB. Fails with [`Error::LogUnavailable`] if it
+    /// cannot.
     pub async fn connect(url: &str, stream: &str) -> Result<Self> {
+        Self::connect_with(url, stream, Retention::default()).await
+    }
+
+    /// [`RabbitLog::connect`] with the stream's retention. RabbitMQ fixes a stream's retention
+    /// when it creates it: if `stream` exists already with other retention arguments (or none,
+    /// as made before retention was set), RabbitMQ refuses the declare (PRECONDITION_FAILED,
+    /// "inequivalent arg"); the log then warns and uses the stream as it is. Changing an
+    /// existing stream's retention is a RabbitMQ policy's job.
+    pub async fn connect_with(url: &str, stream: &str, retention: Retention) -> Result<Self> {
         // One pooled channel: publishes on one channel reach the stream in the order sent.
         let link = Link::connect(Side::Log, url, 1).await?;
-        link.declare(stream, QueueKind::Stream).await?;
+        link.declare(stream, QueueKind::Stream(retention)).await?;
         let (appends, requests) = mpsc::unbounded_channel();
         tokio::spawn(run_appender(
             Arc::clone(&link),
