@@ -54,7 +54,7 @@ struct History {
 
 /// Snapshots on three seeds in four: every few entries, two kept.
 fn snapshots(seed: u64, dir: &std::path::Path) -> Option<SnapshotDir> {
-    (seed % 4 != 0).then(|| SnapshotDir::open(dir, 2).expect("snapshot dir"))
+    (!seed.is_multiple_of(4)).then(|| SnapshotDir::open(dir, 2).expect("snapshot dir"))
 }
 
 fn config(seed: u64, snapshots: Option<SnapshotDir>) -> EmbeddedConfig {
