@@ -37,6 +37,27 @@ impl WorkerStores {
         })
     }
 
+    /// Deletes every worker file left in the directory: workers never reuse one (they start
+    /// from a snapshot and the log), and task ids restart at every run, so files of workers that
+    /// did not stop by themselves (a shutdown aborts them) would pile up.
+    fn clear(&self) {
+        if let WorkerStores::SqliteDir(dir) = self {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if [".db", ".db-wal", ".db-shm"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
     /// The kind of store its workers have, which their snapshots are of.
     pub fn kind(&self) -> StoreKind {
         match self {
@@ -78,6 +99,7 @@ pub struct EmbeddedCluster {
 
 impl EmbeddedCluster {
     pub async fn start(log: Arc<dyn Log>, config: EmbeddedConfig) -> Result<Self> {
+        config.stores.clear();
         let broker = MemBroker::new();
         let coordinator = MemCoordinator::new();
         let worker_deps = WorkerDeps {
@@ -173,8 +195,9 @@ impl EmbeddedCluster {
         &self.orchestrator.orchestrator
     }
 
-    /// Stops every worker.
+    /// Stops every worker, and deletes their files.
     pub fn shutdown(&self) {
         self.runtime.kill_all();
+        self.config.stores.clear();
     }
 }

@@ -39,8 +39,8 @@ pub struct EngineArgs {
     /// existing stream keeps its own. At least `--log-segment-bytes`.
     #[arg(long, env = "RIDESHARE_LOG_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_max_bytes: u64,
-    /// Size of one segment file of the log stream: retention deletes whole segments, and only
-    /// when a segment fills up.
+    /// Size of one segment file of the log (the stream's, or `rideshare up`'s file log):
+    /// retention and truncation delete whole segments, and only once a segment is full.
     #[arg(long, env = "RIDESHARE_LOG_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_segment_bytes: u64,
 }

@@ -21,7 +21,7 @@ use rideshare_core::api::{
 use rideshare_core::clock::SystemClock;
 use rideshare_dbaas::client::InProcessDb;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
-use rideshare_dbaas::log::file::FileLog;
+use rideshare_dbaas::log::file::{FileLog, FileLogConfig};
 use rideshare_dbaas::orchestrator::http::orchestrator_router;
 use rideshare_dbaas::orchestrator::{Orchestrator, RunningOrchestrator};
 use rideshare_dbaas::runtime::Runtime;
@@ -82,9 +82,14 @@ impl Dbaas {
         let mut config = args.scaling.orchestrator_config(&args.batching);
         if !args.engines.is_real() {
             let log_path = args.data_dir.join("rideshare.log");
-            let log = FileLog::open(&log_path)
-                .with_context(|| format!("cannot open the write log {}", log_path.display()))?;
-            tracing::info!("write log in {}", log_path.display());
+            let log = FileLog::open_with(
+                &log_path,
+                FileLogConfig {
+                    segment_bytes: args.engines.log_segment_bytes,
+                },
+            )
+            .with_context(|| format!("cannot open the write log {}", log_path.display()))?;
+            tracing::info!("write log in {}.<first index>", log_path.display());
             let snapshots = snapshot_dir(
                 args.runtime.snapshots.dir(args.data_dir.join("snapshots")),
                 &args.runtime.snapshots,

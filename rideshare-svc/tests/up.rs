@@ -186,3 +186,103 @@ async fn read_load_scales_slaves_and_an_idle_window_scales_back() {
     );
     up.stop().await.unwrap();
 }
+
+/// The log's segment files in `data_dir`.
+fn segments(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rideshare.log."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits up to `bound` for `GET /api/v1/workers` to satisfy `done`; returns the last listing.
+async fn wait_for_workers(
+    c: &Client,
+    bound: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let (_, workers) = c.orch(reqwest::Method::GET, "/api/v1/workers").await;
+        let workers = workers.as_array().cloned().unwrap_or_default();
+        if done(&workers) || started.elapsed() > bound {
+            return workers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_log_and_new_workers_install_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = |a: &mut UpArgs| {
+        a.runtime.snapshots.snapshot_every = 40;
+        a.engines.log_segment_bytes = 2048;
+    };
+    let (up, c) = embedded_up(dir.path(), small).await;
+    let names: Vec<String> = (0..240).map(|i| format!("user{i:03}")).collect();
+    for name in &names {
+        assert_eq!(c.add_user(name).await, StatusCode::CREATED);
+    }
+    // Snapshots are written, and the log drops the segments they cover (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while segments(dir.path()).first().map(String::as_str)
+        == Some("rideshare.log.00000000000000000001")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = segments(dir.path());
+    assert_ne!(
+        kept.first().map(String::as_str),
+        Some("rideshare.log.00000000000000000001"),
+        "the first segment is still there: {kept:?}"
+    );
+    let snapshots = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(snapshots, 2, "the newest two snapshots are kept");
+
+    // A replacement slave installs the newest snapshot and replays only what follows it.
+    let (status, killed) = c.orch(reqwest::Method::POST, "/api/v1/crash/slave").await;
+    assert_eq!(status, StatusCode::OK);
+    let killed = killed[0].as_u64().unwrap();
+    let installed = |w: &serde_json::Value| {
+        w["state"] == "serving" && w["catch_up"]["from"].as_u64().unwrap_or(0) > 0
+    };
+    let workers = wait_for_workers(&c, Duration::from_secs(5), |ws| {
+        ws.iter()
+            .any(|w| w["pid"].as_u64() > Some(killed) && installed(w))
+    })
+    .await;
+    assert!(
+        workers
+            .iter()
+            .any(|w| w["pid"].as_u64() > Some(killed) && installed(w)),
+        "no replacement from a snapshot: {workers:?}"
+    );
+    assert_eq!(c.users().await, names);
+
+    // After a restart every worker starts from a snapshot, with every user there.
+    up.stop().await.unwrap();
+    let mut restarted = args(dir.path(), Duration::from_secs(120));
+    small(&mut restarted);
+    let up = start(restarted).await.unwrap();
+    let c = Client::new(&up);
+    let workers = wait_for_workers(&c, Duration::from_secs(5), |ws| {
+        ws.len() == 2 && ws.iter().all(installed)
+    })
+    .await;
+    assert!(
+        workers.len() == 2 && workers.iter().all(installed),
+        "{workers:?}"
+    );
+    assert_eq!(c.users().await, names);
+    up.stop().await.unwrap();
+}
