@@ -67,6 +67,15 @@ impl WorkerStores {
     }
 }
 
+/// Deletes a task worker's files when its task ends, however it ends.
+struct RemoveOnDrop(StoreAt);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
 /// Settings of an embedded cluster.
 #[derive(Clone, Debug)]
 pub struct EmbeddedConfig {
@@ -117,6 +126,8 @@ impl EmbeddedCluster {
             worker.pid = handle.pid;
             Box::pin(async move {
                 let at = stores.at(&handle.id);
+                // Also when the task is aborted (a kill): the future is dropped, not finished.
+                let _remove = at.as_ref().ok().cloned().map(RemoveOnDrop);
                 let snapshots = worker.snapshots.as_ref().map(|s| s.dir.clone());
                 let log_end = deps.log.end().await;
                 let opened = match (&at, log_end) {
@@ -137,9 +148,6 @@ impl EmbeddedCluster {
                 };
                 if let Err(e) = result {
                     tracing::warn!(id = %handle.id, pid = handle.pid, error = %e, "worker stopped");
-                }
-                if let Ok(at) = at {
-                    at.remove();
                 }
             })
         });
