@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 /// The manifest's format version.
 pub const FORMAT: u32 = 1;
 /// A lock this old was left by a worker that died while writing a snapshot.
-pub const STALE_LOCK: Duration = Duration::from_secs(120);
+pub const STALE_LOCK: Duration = Duration::from_secs(60);
 const LOCK: &str = "snapshot.lock";
 
 /// Which store wrote a snapshot (and so which can install it).
@@ -236,12 +236,31 @@ impl SnapshotDir {
         Ok(manifest)
     }
 
-    /// Deletes all but the newest `keep` snapshots, and stray data files of none.
+    /// Deletes all but the newest `keep` snapshots, and the temporary files of writers that
+    /// died while writing (older than [`STALE_LOCK`]; their ids are never reused).
     pub fn prune(&self) -> Result<()> {
         let all = self.list()?;
         let cut = all.len().saturating_sub(self.keep);
         for old in &all[..cut] {
             self.delete(old);
+        }
+        for entry in fs::read_dir(&self.dir)
+            .map_err(|e| io(format!("listing {}", self.dir.display()), e))?
+            .flatten()
+        {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_LOCK);
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let temporary = name.starts_with("tmp-") || name.starts_with("install-");
+            if stale && temporary {
+                tracing::info!(file = %name, "removing a dead writer's temporary snapshot file");
+                let _ = fs::remove_file(entry.path());
+            }
         }
         Ok(())
     }
@@ -538,5 +557,24 @@ mod tests {
             .unwrap();
         assert!(dir.try_lock("c").unwrap().is_some(), "stale lock broken");
         drop(held);
+    }
+
+    #[test]
+    fn a_dead_writers_temporary_file_is_removed_once_stale() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(root.path(), 2).unwrap();
+        let fresh = dir.temp_path("alive");
+        let dead = dir.temp_path("dead");
+        fs::write(&fresh, b"x").unwrap();
+        fs::write(&dead, b"x").unwrap();
+        File::options()
+            .write(true)
+            .open(&dead)
+            .unwrap()
+            .set_modified(SystemTime::now() - STALE_LOCK - Duration::from_secs(1))
+            .unwrap();
+        dir.prune().unwrap();
+        assert!(fresh.exists(), "a writer at work keeps its file");
+        assert!(!dead.exists());
     }
 }

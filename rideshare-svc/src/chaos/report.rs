@@ -31,6 +31,10 @@ pub struct Figures {
     pub catch_up_entries_per_s: u64,
     pub catch_up_ms_max: u64,
     pub catch_ups: usize,
+    /// Workers seen that started from a snapshot (installed it, then replayed the tail).
+    pub snapshot_installs: usize,
+    /// The newest snapshot index a worker was seen installed from or writing.
+    pub newest_snapshot_index: u64,
     /// The checker's reference replay of the whole stream into a fresh SQLite store.
     pub reference_replay_entries_per_s: u64,
     pub log_entries: u64,
@@ -51,6 +55,9 @@ pub struct Record {
     pub replacements: Vec<u64>,
     /// Every worker seen with its catch-up at start, by id.
     pub catch_ups: BTreeMap<String, CatchUp>,
+    /// Workers seen installed from a snapshot, by id.
+    pub installs: std::collections::BTreeSet<String>,
+    pub newest_snapshot: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -72,6 +79,13 @@ impl Record {
         for m in members {
             if let Some(c) = m.catch_up {
                 self.catch_ups.insert(m.id.clone(), c);
+            }
+            if let Some(snapshots) = m.snapshots {
+                if snapshots.installed.is_some() {
+                    self.installs.insert(m.id.clone());
+                }
+                let newest = snapshots.installed.into_iter().chain(snapshots.taken).max();
+                self.newest_snapshot = self.newest_snapshot.max(newest.unwrap_or(0));
             }
         }
     }
@@ -124,6 +138,8 @@ pub fn figures(events: &[Event], checked: Checked, mut record: Record, run: Dura
         catch_up_entries_per_s: (entries as f64 * 1000.0 / took_ms.max(1) as f64) as u64,
         catch_up_ms_max: caught_up.iter().map(|c| c.ms).max().unwrap_or(0),
         catch_ups: caught_up.len(),
+        snapshot_installs: record.installs.len(),
+        newest_snapshot_index: record.newest_snapshot,
         reference_replay_entries_per_s: checked.reference_replay_entries_per_s,
         log_entries: checked.log_entries,
         epochs: checked.epochs,
