@@ -5,9 +5,10 @@
 //! member node. Run with `cargo bench -p rideshare-dbaas --bench catch_up`; criterion prints
 //! time per catch-up and entries per second.
 //!
-//! `from a snapshot + tail`: the same log, but a snapshot at `ENTRIES - TAIL` waits in the
-//! shared directory (written by a real worker beforehand); the measured time is the new
-//! worker's install (copy, verify, open) plus its replay of the last `TAIL` entries.
+//! `catch_up_from_snapshot`: the same log, but a snapshot at `ENTRIES - TAIL` waits in the
+//! shared directory (the log replayed by the replicas' rule, exported and published
+//! beforehand); the measured time is the new worker's install (copy, verify, open) plus its
+//! replay of the last `TAIL` entries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +18,16 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 mod workload;
 
 use rideshare_core::ops::RequestId;
+use rideshare_core::store::SqliteStore;
 use rideshare_dbaas::broker::mem::MemBroker;
+use rideshare_dbaas::checker::Replay;
 use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
+use rideshare_dbaas::log::LogReader as _;
 use rideshare_dbaas::protocol::{encode, CatchUp, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::registry::Registry;
-use rideshare_dbaas::snapshot::{SnapshotDir, StoreAt, StoreKind};
+use rideshare_dbaas::snapshot::{SnapshotDir, StoreAt, StoreKind, Taken};
 use rideshare_dbaas::worker::{run_worker_from, SnapshotSettings, WorkerConfig, WorkerDeps};
 use workload::workload;
 
@@ -111,39 +115,51 @@ async fn run_until_caught_up(
     (reported, installed_index)
 }
 
-/// A snapshot directory holding one snapshot at `ENTRIES - TAIL` of `log`'s first entries,
-/// written by a real worker, and the log with the tail appended after it.
-async fn snapshot_and_tail() -> (tempfile::TempDir, SnapshotSettings, MemLog) {
+/// A snapshot directory holding one snapshot at `ENTRIES - TAIL` of the log's entries (the
+/// log replayed by the checker's `Replay`, the replicas' rule, into a SQLite store, exported
+/// and published as a worker does), and the whole log's entries (each measured worker gets a
+/// log of its own: once caught up it elects itself and appends its marker).
+async fn snapshot_and_tail() -> (tempfile::TempDir, SnapshotSettings, Vec<bytes::Bytes>) {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let settings = SnapshotSettings {
         dir: SnapshotDir::open(root.path(), 2).unwrap_or_else(|e| panic!("{e}")),
         every: ENTRIES - TAIL,
         kind: StoreKind::Sqlite,
     };
-    let log = MemLog::new();
-    fill(&log, 1, ENTRIES - TAIL).await;
-    let coordinator = Arc::new(MemCoordinator::new());
-    let deps = WorkerDeps {
-        broker: Arc::new(MemBroker::new()),
-        log: Arc::new(log.clone()),
-        coordinator,
-    };
-    let mut config = WorkerConfig::new("snapshot-writer", 1);
-    config.snapshots = Some(settings.clone());
-    let (store, _) = StoreAt::Sqlite(root.path().join("writer.db"))
-        .open(None, 0)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let writer = tokio::spawn(run_worker_from(config, deps, store, None));
-    tokio::time::timeout(Duration::from_secs(300), async {
-        while settings.dir.newest_index().unwrap_or(0) < ENTRIES - TAIL {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let log = filled_log().await;
+    let store = SqliteStore::open(&root.path().join("writer.db")).unwrap_or_else(|e| panic!("{e}"));
+    let mut replay = Replay::new(store);
+    let mut reader = log.read_from(1).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut entries = Vec::new();
+    for n in 1..=ENTRIES {
+        let record = reader
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("log ended"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if n <= ENTRIES - TAIL {
+            replay.apply(&record).unwrap_or_else(|e| panic!("{e}"));
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no snapshot written within 300 s"));
-    writer.abort();
-    fill(&log, ENTRIES - TAIL + 1, ENTRIES).await;
-    (root, settings, log)
+        entries.push(record.data);
+    }
+    let temp = settings.dir.temp_path("bench");
+    replay
+        .machine
+        .export(&temp)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let taken = Taken {
+        index: ENTRIES - TAIL,
+        epoch: 1,
+        checksum: replay
+            .machine
+            .checksum_parts()
+            .unwrap_or_else(|e| panic!("{e}")),
+    };
+    settings
+        .dir
+        .publish(&temp, StoreKind::Sqlite, taken, "bench")
+        .unwrap_or_else(|e| panic!("{e}"));
+    (root, settings, entries)
 }
 
 fn catch_ups(c: &mut Criterion) {
@@ -176,24 +192,25 @@ fn catch_ups(c: &mut Criterion) {
         .throughput(Throughput::Elements(ENTRIES))
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    let (_root, settings, log) = runtime.block_on(snapshot_and_tail());
+    let (_root, settings, entries) = runtime.block_on(snapshot_and_tail());
     group.bench_function(
         format!("sqlite, snapshot at {} + tail of {TAIL}", ENTRIES - TAIL),
         |b| {
             let settings = settings.clone();
-            let log = log.clone();
+            let entries = entries.clone();
             b.to_async(&runtime).iter_custom(move |iterations| {
                 let settings = settings.clone();
-                let log = log.clone();
+                let entries = entries.clone();
                 async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iterations {
+                        let log = MemLog::with_entries(entries.clone());
                         let started = Instant::now();
                         // Install and tail only: this worker writes no snapshot of its own.
                         let mut reading = settings.clone();
                         reading.every = u64::MAX / 2;
                         let (reported, installed) =
-                            run_until_caught_up(256, log.clone(), Some(reading)).await;
+                            run_until_caught_up(256, log, Some(reading)).await;
                         assert_eq!(installed, Some(ENTRIES - TAIL), "no snapshot installed");
                         assert_eq!(reported.entries, TAIL, "replayed more than the tail");
                         total += started.elapsed();
