@@ -24,7 +24,6 @@ use rideshare_dbaas::checker::Replay;
 use rideshare_dbaas::coord::mem::MemCoordinator;
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::Log;
-use rideshare_dbaas::log::LogReader as _;
 use rideshare_dbaas::protocol::{encode, CatchUp, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::registry::Registry;
 use rideshare_dbaas::snapshot::{SnapshotDir, StoreAt, StoreKind, Taken};
