@@ -312,11 +312,12 @@ const CATCH_UP_REPORT: Duration = Duration::from_secs(1);
 /// without applying anything; logs progress (entries/s) every [`CATCH_UP_REPORT`].
 async fn wait_progressing(shared: &Shared, end: u64) -> Result<()> {
     let config = &shared.config;
-    let started = Instant::now();
+    // The runtime's clock (paused in tests), like the waits it measures.
+    let started = tokio::time::Instant::now();
     let mut seen = shared.position.borrow().index;
-    let mut last_move = Instant::now();
+    let mut last_move = tokio::time::Instant::now();
     loop {
-        let step = Instant::now();
+        let step = tokio::time::Instant::now();
         let left = config.catch_up_wait.saturating_sub(started.elapsed());
         if shared.wait_applied(end, CATCH_UP_REPORT.min(left)).await {
             return Ok(());
@@ -329,7 +330,7 @@ async fn wait_progressing(shared: &Shared, end: u64) -> Result<()> {
             ));
         }
         if now != seen {
-            last_move = Instant::now();
+            last_move = tokio::time::Instant::now();
         } else if last_move.elapsed() >= config.catch_up_stall {
             tracing::warn!(applied = now, end, "catch-up stalled: nothing applied");
             return Err(Error::Timeout(
