@@ -497,13 +497,7 @@ fn corrupt_newest_snapshot(snapshots: Option<&SnapshotDir>, rng: &mut SmallRng) 
     };
     // One bad snapshot at a time (a disk's single fault): with every kept one corrupt and
     // the log truncated behind them, only a live replica could bring a new worker up.
-    let unverified = std::fs::read_dir(dir.path())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .count();
+    let unverified = dir.list().map_or(0, |kept| kept.len());
     if unverified < 2 || CORRUPTED.with(|c| c.borrow().iter().any(|p| p.exists())) {
         return "snapshot left whole (one corrupt at a time, never the only one)".into();
     }
