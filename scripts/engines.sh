@@ -7,6 +7,9 @@
 #   scripts/engines.sh stop    stop what `start` started
 #   scripts/engines.sh status
 #   scripts/engines.sh restart-zk | restart-rabbitmq   (fault injection, for `rideshare chaos`)
+#   scripts/engines.sh start-cluster | stop-cluster | status-cluster | kill-rabbitmq-node N | ...
+#       the clustered engines (3 RabbitMQ nodes, a 3-server ZooKeeper ensemble) on other ports:
+#       see scripts/engines-cluster.sh
 set -euo pipefail
 
 STATE_DIR=${RIDESHARE_ENGINES_DIR:-/tmp/rideshare-engines}
@@ -102,5 +105,11 @@ case "${1:-}" in
     rabbit_up && echo "RabbitMQ: up" || echo "RabbitMQ: down"
     zk_up && echo "ZooKeeper: up" || echo "ZooKeeper: down"
     ;;
-  *) die "usage: $0 start|stop|status|restart-zk|restart-rabbitmq" ;;
+  start-cluster|stop-cluster|status-cluster|urls-cluster|kill-rabbitmq-node|start-rabbitmq-node|\
+  restart-rabbitmq-node|kill-zk-server|start-zk-server|restart-zk-server)
+    # The clustered engines (3 RabbitMQ nodes, 3 ZooKeeper servers, other ports): see there.
+    install_missing
+    exec "$(dirname "$0")/engines-cluster.sh" "$@"
+    ;;
+  *) die "usage: $0 start|stop|status|restart-zk|restart-rabbitmq, or a cluster subcommand (scripts/engines-cluster.sh)" ;;
 esac
