@@ -22,10 +22,20 @@ if ! ./scripts/engines.sh status | grep -q "RabbitMQ: up" || ! ./scripts/engines
   started_engines=1
 fi
 ./scripts/engines.sh start
-cleanup() { if [ "$started_engines" = 1 ]; then ./scripts/engines.sh stop || true; fi; }
+started_cluster=0
+cleanup() {
+  if [ "$started_cluster" = 1 ]; then ./scripts/engines.sh stop-cluster || true; fi
+  if [ "$started_engines" = 1 ]; then ./scripts/engines.sh stop || true; fi
+}
 trap cleanup EXIT
 export RIDESHARE_AMQP_URL=${RIDESHARE_AMQP_URL:-amqp://127.0.0.1:5672/%2f}
 export RIDESHARE_ZK=${RIDESHARE_ZK:-127.0.0.1:2181}
+
+step "clustered engines: 3 RabbitMQ nodes and 3 ZooKeeper servers on other ports (about 45 s)"
+./scripts/engines.sh status-cluster >/dev/null 2>&1 || started_cluster=1
+./scripts/engines.sh start-cluster
+# RIDESHARE_CLUSTER_AMQP and RIDESHARE_CLUSTER_ZK, for tests/engines_cluster.rs.
+eval "export $(./scripts/engines.sh urls-cluster | tr '\n' ' ')"
 
 step "Docker: the worker image"
 docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker tests need it" >&2; exit 1; }

@@ -22,7 +22,9 @@ pub const ADMIN_TOKEN_ENV: &str = "RIDESHARE_ADMIN_TOKEN";
 /// Where the real engines are. Without `--amqp-url` and `--zk`, `rideshare up` stays embedded.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// RabbitMQ URL, e.g. `amqp://127.0.0.1:5672/%2f`.
+    /// RabbitMQ URL, e.g. `amqp://127.0.0.1:5672/%2f`; or the URLs of the nodes of one
+    /// cluster, comma-separated: it connects to the first that answers, and after a lost
+    /// connection to the next one that does.
     #[arg(long, env = AMQP_URL_ENV)]
     pub amqp_url: Option<String>,
     /// ZooKeeper connect string, e.g. `127.0.0.1:2181`.

@@ -173,6 +173,10 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
 
 /// A URL fit for logs: the password, if any, replaced by `***`.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        // The nodes of one cluster: each URL on its own.
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -196,6 +200,10 @@ mod tests {
         assert_eq!(
             redact("amqp://127.0.0.1:5672/%2f"),
             "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact("amqp://g:a@127.0.0.1:5701/v,amqp://g:b@127.0.0.1:5702/v"),
+            "amqp://g:***@127.0.0.1:5701/v,amqp://g:***@127.0.0.1:5702/v"
         );
     }
 }

@@ -33,6 +33,9 @@ pub struct RabbitBroker {
 impl RabbitBroker {
     /// Connects to RabbitMQ at `url` (e.g. `amqp://127.0.0.1:5672/%2f`; `?heartbeat=N` sets the
     /// heartbeat, 10 s by default). Fails with [`Error::BrokerUnavailable`] if it cannot.
+    ///
+    /// `url` may list the nodes of one cluster, comma-separated: it connects to the first that
+    /// answers, and after a lost connection to the next one that does.
     pub async fn connect(url: &str) -> Result<Self> {
         Ok(RabbitBroker {
             link: Link::connect(Side::Broker, url, PUBLISH_CHANNELS).await?,
@@ -42,6 +45,11 @@ impl RabbitBroker {
     /// Whether the connection is up right now (false while reconnecting).
     pub fn is_connected(&self) -> bool {
         self.link.is_connected()
+    }
+
+    /// The node the connection is to (no credentials) while it is up.
+    pub fn connected_to(&self) -> Option<String> {
+        self.link.connected_to()
     }
 }
 

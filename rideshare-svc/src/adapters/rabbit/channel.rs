@@ -20,7 +20,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use rideshare_dbaas::{Error, Result};
 
-use super::connection::{self, Endpoint, Link, REPLY_SUCCESS};
+use super::connection::{self, ConnectionPool, Endpoint, Link, REPLY_SUCCESS};
 use super::{millis, short, CONFIRM_TIMEOUT, OP_TIMEOUT};
 
 /// The confirm-mode channels of one link.
@@ -28,7 +28,7 @@ pub(super) type ChannelPool = managed::Pool<ChannelManager>;
 
 /// Opens confirm-mode channels on the link's pooled connection.
 pub(super) struct ChannelManager {
-    connections: deadpool_lapin::Pool,
+    connections: ConnectionPool,
     endpoint: Arc<Endpoint>,
 }
 
@@ -75,7 +75,7 @@ impl managed::Manager for ChannelManager {
 /// A pool of at most `size` channels on `connections`. Waiting for one is bounded by
 /// [`OP_TIMEOUT`]; opening one is bounded step by step.
 pub(super) fn pool(
-    connections: deadpool_lapin::Pool,
+    connections: ConnectionPool,
     endpoint: Arc<Endpoint>,
     size: usize,
 ) -> Result<ChannelPool> {

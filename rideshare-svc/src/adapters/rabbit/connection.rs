@@ -1,7 +1,14 @@
 //! The one AMQP connection of a [`RabbitBroker`](super::RabbitBroker) or a
 //! [`RabbitLog`](super::RabbitLog), and keeping it.
 //!
-//! The connection is a deadpool-lapin pool of one: one, because an exclusive reply queue is
+//! A link is given one URL or several, comma-separated: the nodes of one RabbitMQ cluster
+//! ([`Servers`]). It connects to the first that answers, in the order given; when that
+//! connection is lost, the next connection tries the following node first, and so round the
+//! list, each attempt bounded by [`CONNECT_TIMEOUT`]. So a node killed under a link is left
+//! for another at the first reconnection, and a node that is down costs a refused TCP
+//! connection (or a timeout) per round, never more.
+//!
+//! The connection is a deadpool pool of one: one, because an exclusive reply queue is
 //! only usable on the connection that declared it. A pool's `post_create` hook declares again
 //! every queue declared through the link, so durable queues come back if the server lost them
 //! and exclusive reply queues, which die with their connection, are recreated before anyone
@@ -17,8 +24,10 @@ use std::ops::Deref;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use backon::{ExponentialBuilder, Retryable};
-use deadpool_lapin::{Hook, HookError, PoolError, Runtime, TimeoutType};
+use deadpool::managed::{self, Hook, HookError, Metrics, PoolError, RecycleResult, TimeoutType};
 use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -43,12 +52,122 @@ const DEFAULT_HEARTBEAT_S: u16 = 10;
 /// AMQP reply code for a normal close.
 pub(super) const REPLY_SUCCESS: u16 = 200;
 
-/// What every part of a link shares: which server, whether it is up, what was declared on it,
+/// The nodes a link may connect to: the URLs of one RabbitMQ cluster, in the order given.
+pub(super) struct Servers {
+    /// Each node's URL, with the default heartbeat added where it names none.
+    urls: Vec<String>,
+    /// `amqp://host:port/vhost` of each, without credentials, for messages.
+    shown: Vec<String>,
+    /// The node the live (or last) connection is to.
+    current: AtomicUsize,
+    /// The node the next connection tries first: the one after the last connected to.
+    next: AtomicUsize,
+}
+
+impl Servers {
+    /// Parses `urls`, one AMQP URL or several separated by commas (a password holding a comma
+    /// must be percent-encoded, `%2C`).
+    pub(super) fn parse(urls: &str) -> std::result::Result<Servers, String> {
+        let mut parsed = Servers {
+            urls: Vec::new(),
+            shown: Vec::new(),
+            current: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        };
+        for url in urls.split(',').map(str::trim) {
+            if url.is_empty() {
+                return Err("an empty entry in the comma-separated list of AMQP URLs".into());
+            }
+            let uri: AMQPUri = url
+                .parse()
+                .map_err(|e: String| format!("bad AMQP URL: {e}"))?;
+            parsed.shown.push(format!(
+                "amqp://{}:{}/{}",
+                uri.authority.host, uri.authority.port, uri.vhost
+            ));
+            parsed.urls.push(with_default_heartbeat(url, &uri));
+        }
+        Ok(parsed)
+    }
+
+    /// How many nodes were given.
+    pub(super) fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// The node of the live (or last) connection, without credentials.
+    fn current(&self) -> &str {
+        &self.shown[self.current.load(Ordering::Relaxed) % self.shown.len()]
+    }
+}
+
+/// Opens a link's connections, trying its nodes in turn (see the module doc).
+pub(super) struct Connector {
+    servers: Arc<Servers>,
+    name: &'static str,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("servers", &self.servers.shown)
+            .finish()
+    }
+}
+
+impl managed::Manager for Connector {
+    type Type = lapin::Connection;
+    /// Why each node refused, for the "unavailable" error.
+    type Error = String;
+
+    async fn create(&self) -> std::result::Result<lapin::Connection, String> {
+        let servers = &self.servers;
+        let first = servers.next.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..servers.len() {
+            let i = (first + k) % servers.len();
+            let properties = ConnectionProperties::default().with_connection_name(self.name.into());
+            let connecting = lapin::Connection::connect(&servers.urls[i], properties);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(conn)) => {
+                    servers.current.store(i, Ordering::Relaxed);
+                    servers
+                        .next
+                        .store((i + 1) % servers.len(), Ordering::Relaxed);
+                    if k > 0 || servers.len() > 1 {
+                        tracing::info!(server = %servers.shown[i], name = self.name, "connected to RabbitMQ");
+                    }
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => failures.push(format!("{}: {e}", servers.shown[i])),
+                Err(_) => failures.push(format!(
+                    "{}: no answer within {} ms",
+                    servers.shown[i],
+                    CONNECT_TIMEOUT.as_millis()
+                )),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    async fn recycle(&self, conn: &mut lapin::Connection, _: &Metrics) -> RecycleResult<String> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(managed::RecycleError::message("connection lost"))
+        }
+    }
+}
+
+/// A link's connection pool (of one).
+pub(super) type ConnectionPool = managed::Pool<Connector>;
+
+/// What every part of a link shares: which servers, whether it is up, what was declared on it,
 /// and how its failures read.
 pub(super) struct Endpoint {
     side: Side,
-    /// `amqp://host:port/vhost`, without credentials, for messages.
-    shown: String,
+    /// The nodes, and which one the connection is to (for messages).
+    servers: Arc<Servers>,
     /// The live connection's status, published by whoever connected it; `None` while the
     /// supervisor reconnects. A `watch` so a resuming log reader can wait for the next one.
     live: watch::Sender<Option<ConnectionStatus>>,
@@ -58,11 +177,17 @@ pub(super) struct Endpoint {
 
 impl Endpoint {
     pub(super) fn unavailable(&self, why: impl fmt::Display) -> Error {
-        let why = format!("RabbitMQ at {}: {why}", self.shown);
+        let why = format!("RabbitMQ at {}: {why}", self.servers.current());
         match self.side {
             Side::Broker => Error::BrokerUnavailable(why),
             Side::Log => Error::LogUnavailable(why),
         }
+    }
+
+    /// The node the connection is to, without credentials, while it is up.
+    pub(super) fn connected_to(&self) -> Option<String> {
+        self.is_connected()
+            .then(|| self.servers.current().to_owned())
     }
 
     pub(super) fn is_connected(&self) -> bool {
@@ -118,7 +243,10 @@ impl Endpoint {
         if connection_gone || !self.is_connected() {
             self.unavailable(format!("{context}: {e}"))
         } else {
-            Error::adapter(format!("{context} (RabbitMQ at {})", self.shown), e)
+            Error::adapter(
+                format!("{context} (RabbitMQ at {})", self.servers.current()),
+                e,
+            )
         }
     }
 
@@ -165,6 +293,14 @@ impl Endpoint {
                     MAX_SEGMENT_SIZE_BYTES.into(),
                     AMQPValue::LongLongInt(long_long(retention.segment_bytes)),
                 );
+                if self.servers.len() > 1 {
+                    // Given the nodes of a cluster: a replica of the stream on each, so a
+                    // confirm means a majority of them has the entry.
+                    arguments.insert(
+                        INITIAL_CLUSTER_SIZE.into(),
+                        AMQPValue::LongInt(i32::try_from(self.servers.len()).unwrap_or(i32::MAX)),
+                    );
+                }
                 QueueDeclareOptions::durable()
             }
         };
@@ -281,6 +417,9 @@ pub(super) enum Declared {
 const MAX_LENGTH_BYTES: &str = "x-max-length-bytes";
 /// The stream argument that sets the size of a segment file.
 const MAX_SEGMENT_SIZE_BYTES: &str = "x-stream-max-segment-size-bytes";
+/// The stream argument that sets on how many nodes it is replicated (leader included), fixed
+/// when it is created; set to the number of nodes the link is given when that is more than one.
+const INITIAL_CLUSTER_SIZE: &str = "x-initial-cluster-size";
 
 /// `value` as an AMQP long-long (signed); [`Retention::new`](super::Retention::new) keeps it in
 /// range, anything above is sent as the largest.
@@ -318,7 +457,7 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("side", &self.side)
-            .field("server", &self.shown)
+            .field("server", &self.servers.current())
             .field("connected", &self.is_connected())
             .finish()
     }
@@ -328,7 +467,7 @@ impl fmt::Debug for Endpoint {
 #[derive(Debug)]
 pub(super) struct Link {
     endpoint: Arc<Endpoint>,
-    connections: deadpool_lapin::Pool,
+    connections: ConnectionPool,
     channels: ChannelPool,
 }
 
@@ -349,15 +488,10 @@ impl Link {
             Side::Broker => Error::BrokerUnavailable(what),
             Side::Log => Error::LogUnavailable(what),
         };
-        let uri: AMQPUri = url
-            .parse()
-            .map_err(|e: String| unavailable(format!("bad AMQP URL: {e}")))?;
+        let servers = Arc::new(Servers::parse(url).map_err(unavailable)?);
         let endpoint = Arc::new(Endpoint {
             side,
-            shown: format!(
-                "amqp://{}:{}/{}",
-                uri.authority.host, uri.authority.port, uri.vhost
-            ),
+            servers: Arc::clone(&servers),
             live: watch::channel(None).0,
             topology: parking_lot::Mutex::new(BTreeMap::new()),
         });
@@ -366,19 +500,13 @@ impl Link {
             Side::Broker => "rideshare broker",
             Side::Log => "rideshare log",
         };
-        let config = deadpool_lapin::Config {
-            url: Some(with_default_heartbeat(url, &uri)),
-            pool: None,
-        };
-        let connections = config
-            .builder(
-                move || ConnectionProperties::default().with_connection_name(name.into()),
-                Runtime::Tokio1,
-            )
-            .map_err(|e| unavailable(format!("connection pool: {e}")))?
+        // Every node tried once, each within CONNECT_TIMEOUT.
+        let connect_all = CONNECT_TIMEOUT * u32::try_from(servers.len()).unwrap_or(u32::MAX);
+        let connections = managed::Pool::builder(Connector { servers, name })
             .max_size(1)
+            .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(OP_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(connect_all + Duration::from_secs(1)))
             .recycle_timeout(Some(OP_TIMEOUT))
             .post_create(Hook::async_fn(move |conn, _| {
                 let endpoint = Arc::clone(&hook_endpoint);
@@ -439,14 +567,14 @@ impl Link {
 
 /// The pooled connection, its failures mapped to "unavailable".
 pub(super) async fn connection(
-    connections: &deadpool_lapin::Pool,
+    connections: &ConnectionPool,
     endpoint: &Endpoint,
-) -> Result<deadpool_lapin::Object> {
+) -> Result<managed::Object<Connector>> {
     connections.get().await.map_err(|e| match e {
         PoolError::Backend(e) => endpoint.unavailable(format!("cannot connect: {e}")),
         PoolError::Timeout(TimeoutType::Create) => endpoint.unavailable(format!(
-            "cannot connect within {} ms",
-            CONNECT_TIMEOUT.as_millis()
+            "cannot connect to any of {} nodes in time",
+            endpoint.servers.len()
         )),
         PoolError::Timeout(_) => Error::Timeout("connection pool", millis(OP_TIMEOUT)),
         PoolError::PostCreateHook(HookError::Backend(e)) => {
@@ -479,7 +607,7 @@ async fn supervise(link: Weak<Link>) {
             let Some(link) = link.upgrade() else { return };
             if !link.is_connected() {
                 link.live.send_replace(None);
-                tracing::warn!(server = %link.shown, side = ?link.side, "RabbitMQ connection lost; reconnecting");
+                tracing::warn!(server = %link.servers.current(), side = ?link.side, "RabbitMQ connection lost; reconnecting");
                 break;
             }
         }
@@ -501,7 +629,7 @@ async fn supervise(link: Weak<Link>) {
             .await;
         match (restored, link.upgrade()) {
             (Ok(()), Some(link)) => {
-                tracing::info!(server = %link.shown, side = ?link.side, "RabbitMQ connection restored");
+                tracing::info!(server = %link.servers.current(), side = ?link.side, "RabbitMQ connection restored");
             }
             _ => return,
         }

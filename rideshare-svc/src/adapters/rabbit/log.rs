@@ -18,8 +18,9 @@
 //!   retried, then refused rather than answered low. Verified against RabbitMQ 3.10.8 by
 //!   `tests/rabbit_conformance.rs`: 0 on an empty stream, exactly the count after each
 //!   confirmed append, seen from another connection too, and equal to the last index a reader
-//!   gets. The probe reads the local replica: in a cluster, connect the log to the stream
-//!   leader's node, or `end` may lag entries confirmed a moment ago.
+//!   gets. The probe reads the replica of the node the log is connected to: in a cluster, on
+//!   a node that is not the stream's leader, `end` may lag entries confirmed a moment ago (a
+//!   follower learns what is committed a little after the leader confirms it).
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,6 +74,13 @@ impl RabbitLog {
     /// Connects to RabbitMQ at `url` and declares the stream `stream` (durable) with the default
     /// [`Retention`]: 1 GiB, in segments of 64 MiB. Fails with [`Error::LogUnavailable`] if it
     /// cannot.
+    ///
+    /// `url` may list the nodes of one cluster, comma-separated: the log connects to the first
+    /// that answers and, when that connection is lost, to the next one that does; a stream it
+    /// creates is then replicated on that many nodes (`x-initial-cluster-size`). Appends in
+    /// flight when a node dies fail (unavailable, or a confirm timeout): their outcome is
+    /// unknown, as for any lost confirm. Readers resume on the new connection from the next
+    /// index they need.
     pub async fn connect(url: &str, stream: &str) -> Result<Self> {
         Self::connect_with(url, stream, Retention::default()).await
     }
@@ -107,6 +115,12 @@ impl RabbitLog {
     /// Whether the connection is up right now (false while reconnecting).
     pub fn is_connected(&self) -> bool {
         self.link.is_connected()
+    }
+
+    /// The node the connection is to (`amqp://host:port/vhost`, no credentials) while it is up:
+    /// with several URLs, the one that answered.
+    pub fn connected_to(&self) -> Option<String> {
+        self.link.connected_to()
     }
 }
 
