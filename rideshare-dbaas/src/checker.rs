@@ -1,21 +1,29 @@
 //! The history checker: what clients saw, held against the log every replica applies.
 //!
 //! A client records each operation as invoked, then ok / fail / unknown, with times. After the
-//! run the log is replayed with the replicas' rules (newest epoch marker wins, writes of older
-//! epochs are skipped, request ids apply once) into a reference store, and [`check`] reports:
+//! run the log is replayed into a reference store: the newest epoch marker wins and writes of
+//! older epochs are skipped (the replica core's rule, watched from outside it as well), and each
+//! request id is applied once, by the checker's own memory of the ids it has applied, not by the
+//! state machine's deduplication, which is under test like the rest. [`check_all`] reports:
 //! - `lost`: a write acknowledged to a client that the log does not apply, or applies with
 //!   another outcome than the one acknowledged;
-//! - `duplicated`: a request id the log applies freshly more than once;
+//! - `duplicated`: a write acknowledged at a later entry of a request id the log had already
+//!   applied, with another outcome than the first application's: applied twice. A replica that
+//!   applied a request twice without anyone seeing it differs from the reference, which applied
+//!   it once: a `replica_mismatch`;
 //! - `stale_reads`: a read answered from a state older than a write acknowledged before the read
-//!   was invoked;
-//! - `replica_mismatches`: a replica at the log's end whose state differs from the reference
-//!   (this also covers writes of unknown outcome: present or absent, but alike everywhere);
+//!   was invoked (read-your-writes, across clients);
+//! - `non_monotonic`: a read answered from a state older than the one another read, completed
+//!   before it was invoked, had seen (monotonic reads, across clients);
+//! - `replica_mismatches`: a replica whose state at an index differs from the reference's at that
+//!   index: the replicas alive once quiet (which must also have reached the log's end) and every
+//!   digest a replica published during the run, the master's and the dead workers' included;
 //! - `fenced_applied`: a write of a deposed master (written under an older epoch than a marker
 //!   before it in the log) that the replay applied. The replay goes through the replica core, so
 //!   this is the guarantee fencing must give, watched from outside the core: a broken core that
 //!   applies such an entry agrees with the replicas and would pass every other check.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rideshare_core::machine::{Applied, StateMachine, Store};
 use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp, WriteOutcome};
@@ -63,8 +71,6 @@ pub struct Replay<S> {
     pub machine: StateMachine<S>,
     /// The index of the last entry replayed.
     pub end: u64,
-    /// Fresh applications per request id (more than one is a double application).
-    pub fresh: BTreeMap<RequestId, u32>,
     /// The outcome each request id got when it was applied.
     pub outcomes: BTreeMap<RequestId, (u64, WriteOutcome)>,
     pub epochs: u64,
@@ -72,6 +78,10 @@ pub struct Replay<S> {
     /// appends), and the indexes of those among them that the replay applied.
     pub fenced_entries: u64,
     pub fenced_applied: Vec<u64>,
+    /// Entries that repeat a request id applied at an earlier index: (index, first index).
+    pub repeats: BTreeMap<u64, u64>,
+    /// The reference checksum at each index asked for with [`Replay::checksums_at`].
+    checksums: BTreeMap<u64, Option<u64>>,
     /// The newest epoch marker seen, read from the entries themselves rather than the core.
     newest_marker: u64,
     core: ReplicaCore,
@@ -82,17 +92,39 @@ impl<S: Store> Replay<S> {
         Replay {
             machine: StateMachine::new(store),
             end: 0,
-            fresh: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             epochs: 0,
             fenced_entries: 0,
             fenced_applied: Vec::new(),
+            repeats: BTreeMap::new(),
+            checksums: BTreeMap::new(),
             newest_marker: 0,
             core: ReplicaCore::default(),
         }
     }
 
-    /// Applies one log record by the replicas' own rule (the replica core, as a follower).
+    /// Asks the replay to note the reference checksum at each of `indexes` as it passes them
+    /// (index 0: the empty state). Call before applying: an index already passed stays unknown.
+    pub fn checksums_at(&mut self, indexes: impl IntoIterator<Item = u64>) -> Result<()> {
+        for index in indexes {
+            if index >= self.end {
+                self.checksums.entry(index).or_insert(None);
+            }
+        }
+        if self.end == 0 && self.checksums.contains_key(&0) {
+            let empty = self.checksum()?;
+            self.checksums.insert(0, Some(empty));
+        }
+        Ok(())
+    }
+
+    /// The reference checksum at `index`, if it was asked for and the replay reached it.
+    pub fn checksum_at(&self, index: u64) -> Option<u64> {
+        self.checksums.get(&index).copied().flatten()
+    }
+
+    /// Applies one log record by the replicas' own rule (the replica core, as a follower), each
+    /// request id once.
     pub fn apply(&mut self, record: &Record) -> Result<()> {
         self.end = record.index;
         let (step, _) = self.core.step(record);
@@ -107,13 +139,26 @@ impl<S: Store> Replay<S> {
                 request_id,
                 op,
                 ..
-            } => {
-                if let Applied::Fresh(outcome) = self.machine.apply(index, &request_id, &op)? {
-                    *self.fresh.entry(request_id.clone()).or_default() += 1;
-                    self.outcomes.insert(request_id, (index, outcome));
+            } => match self.outcomes.get(&request_id) {
+                // The checker's own memory: a request id applies once, whatever the machine's
+                // deduplication would say.
+                Some((first, _)) => {
+                    self.repeats.insert(index, *first);
+                    self.machine.skip(index)?;
                 }
-            }
+                None => {
+                    if let Applied::Fresh(outcome) = self.machine.apply(index, &request_id, &op)? {
+                        self.outcomes.insert(request_id, (index, outcome));
+                    }
+                }
+            },
             Step::Skip { index, .. } => self.machine.skip(index)?,
+        }
+        if let Some(slot) = self.checksums.get(&record.index) {
+            if slot.is_none() {
+                let checksum = self.checksum()?;
+                self.checksums.insert(record.index, Some(checksum));
+            }
         }
         Ok(())
     }
@@ -159,7 +204,11 @@ pub struct Verdict {
     pub lost: u64,
     pub duplicated: u64,
     pub stale_reads: u64,
+    /// Reads that went back behind a read completed before they began.
+    pub non_monotonic: u64,
     pub replica_mismatches: u64,
+    /// Distinct replicas compared (alive once quiet, and every one seen during the run).
+    pub replicas_checked: u64,
     /// Writes of a deposed master that the replay applied (fencing broken).
     pub fenced_applied: u64,
     /// Writes of a deposed master found in the log (all of them must be fenced off).
@@ -181,6 +230,7 @@ impl Verdict {
         self.lost == 0
             && self.duplicated == 0
             && self.stale_reads == 0
+            && self.non_monotonic == 0
             && self.replica_mismatches == 0
             && self.fenced_applied == 0
             && self.replicas_behind == 0
@@ -193,11 +243,25 @@ impl Verdict {
     }
 }
 
-/// Checks a history against a replay of the whole log and the replicas' reported states.
+/// Checks a history against a replay of the whole log and the replicas' reported states; see
+/// [`check_all`].
 pub fn check<S: Store>(
     events: &[Event],
     replay: &mut Replay<S>,
     replicas: &[ReplicaState],
+) -> Result<Verdict> {
+    check_all(events, replay, replicas, &[])
+}
+
+/// Checks a history against a replay of the whole log. `replicas` are the states read once
+/// quiet: each must have reached the log's end and match the reference there. `seen` are the
+/// digests replicas published during the run (any index): each must match the reference at its
+/// index, which the replay must have been asked to note ([`Replay::checksums_at`]).
+pub fn check_all<S: Store>(
+    events: &[Event],
+    replay: &mut Replay<S>,
+    replicas: &[ReplicaState],
+    seen: &[ReplicaState],
 ) -> Result<Verdict> {
     let mut verdict = Verdict::default();
     let acks = check_writes(events, replay, &mut verdict);
@@ -205,6 +269,13 @@ pub fn check<S: Store>(
     check_reads(events, acks, &mut verdict);
     let want = replay.checksum()?;
     check_replicas(replicas, replay.end, want, &mut verdict);
+    check_seen(seen, replay, &mut verdict);
+    verdict.replicas_checked = replicas
+        .iter()
+        .chain(seen)
+        .map(|r| r.worker.as_str())
+        .collect::<BTreeSet<_>>()
+        .len() as u64;
     Ok(verdict)
 }
 
@@ -226,6 +297,14 @@ fn check_writes<S: Store>(
                         verdict.lost += 1;
                         verdict.problem(format!(
                             "acknowledged write {request_id} ({op:?}) is not in the log"
+                        ));
+                    }
+                    Some((first, applied))
+                        if applied != outcome && replay.repeats.get(index) == Some(first) =>
+                    {
+                        verdict.duplicated += 1;
+                        verdict.problem(format!(
+                            "write {request_id} was applied at {first} as {applied:?}, and again at {index}: acknowledged as {outcome:?}"
                         ));
                     }
                     Some((_, applied)) if applied != outcome => {
@@ -250,12 +329,6 @@ fn check_writes<S: Store>(
             (_, _) => verdict.ops_ok += 1,
         }
     }
-    for (request_id, n) in &replay.fresh {
-        if *n > 1 {
-            verdict.duplicated += 1;
-            verdict.problem(format!("write {request_id} was applied {n} times"));
-        }
-    }
     acks
 }
 
@@ -270,31 +343,87 @@ fn check_fencing<S: Store>(replay: &Replay<S>, verdict: &mut Verdict) {
     }
 }
 
-/// Stale reads: a read answered below an index acknowledged before it was invoked.
-fn check_reads(events: &[Event], mut acks: Vec<(u64, u64)>, verdict: &mut Verdict) {
-    acks.sort_unstable();
-    // Highest index acknowledged by each completion time, for a binary search per read.
-    let mut running_max = 0;
-    let acked_by: Vec<(u64, u64)> = acks
-        .iter()
-        .map(|(at, index)| {
-            running_max = running_max.max(*index);
-            (*at, running_max)
-        })
-        .collect();
+/// The highest index known by each time: `points` as (time, index), sorted into a running
+/// maximum for a binary search per read.
+struct Floor(Vec<(u64, u64)>);
+
+impl Floor {
+    fn new(mut points: Vec<(u64, u64)>) -> Self {
+        points.sort_unstable();
+        let mut running_max = 0;
+        Floor(
+            points
+                .into_iter()
+                .map(|(at, index)| {
+                    running_max = running_max.max(index);
+                    (at, running_max)
+                })
+                .collect(),
+        )
+    }
+
+    /// The highest index of a point strictly before `at`.
+    fn before(&self, at: u64) -> u64 {
+        let n = self.0.partition_point(|(time, _)| *time < at);
+        if n == 0 {
+            0
+        } else {
+            self.0[n - 1].1
+        }
+    }
+}
+
+/// Stale reads (below an index acknowledged before the read was invoked) and reads that went
+/// back (below the index another read, completed before this one was invoked, answered at).
+fn check_reads(events: &[Event], acks: Vec<(u64, u64)>, verdict: &mut Verdict) {
+    let acked = Floor::new(acks);
+    let read = Floor::new(
+        events
+            .iter()
+            .filter_map(|e| match e.completion {
+                Completion::Read { applied_index } => Some((e.completed_ms, applied_index)),
+                _ => None,
+            })
+            .collect(),
+    );
     for event in events {
         if let Completion::Read { applied_index } = event.completion {
-            let before = acked_by.partition_point(|(at, _)| *at < event.invoked_ms);
-            let must_see = if before == 0 {
-                0
-            } else {
-                acked_by[before - 1].1
-            };
+            let must_see = acked.before(event.invoked_ms);
+            let seen_before = read.before(event.invoked_ms);
             if applied_index < must_see {
                 verdict.stale_reads += 1;
                 verdict.problem(format!(
                     "read by client {} at {} ms answered at index {applied_index}; index {must_see} was acknowledged before it began",
                     event.client, event.invoked_ms
+                ));
+            } else if applied_index < seen_before {
+                verdict.non_monotonic += 1;
+                verdict.problem(format!(
+                    "read by client {} at {} ms answered at index {applied_index}; a read completed before it began had seen index {seen_before}",
+                    event.client, event.invoked_ms
+                ));
+            }
+        }
+    }
+}
+
+/// Digests published during the run, against the reference at their index.
+fn check_seen<S: Store>(seen: &[ReplicaState], replay: &Replay<S>, verdict: &mut Verdict) {
+    for replica in seen {
+        match replay.checksum_at(replica.applied_index) {
+            Some(want) if want == replica.checksum => {}
+            Some(want) => {
+                verdict.replica_mismatches += 1;
+                verdict.problem(format!(
+                    "replica {} published checksum {:x} at index {}; the log gives {want:x} there",
+                    replica.worker, replica.checksum, replica.applied_index
+                ));
+            }
+            None => {
+                verdict.replica_mismatches += 1;
+                verdict.problem(format!(
+                    "replica {} published a state at index {}, which the replay did not reach (log end {})",
+                    replica.worker, replica.applied_index, replay.end
                 ));
             }
         }
@@ -470,5 +599,125 @@ mod tests {
             verdict.duplicated, 0,
             "a redelivered request id applies once"
         );
+    }
+    fn read_at(client: usize, invoked_ms: u64, completed_ms: u64, applied_index: u64) -> Event {
+        Event {
+            client,
+            operation: Operation::Read {
+                op: ReadOp::ListUsers,
+            },
+            invoked_ms,
+            completed_ms,
+            completion: Completion::Read { applied_index },
+        }
+    }
+
+    #[test]
+    fn a_read_behind_an_earlier_read_goes_back_in_time() {
+        let mut replay = Replay::new(MemStore::new());
+        for r in [
+            record(1, 1, marker()),
+            record(2, 1, write("a", "ann")),
+            record(3, 1, write("b", "bob")),
+        ] {
+            replay.apply(&r).unwrap();
+        }
+        // Client 0 saw index 3 (not yet acknowledged); client 1's later read answered at 2.
+        let events = [
+            read_at(0, 10, 12, 3),
+            read_at(1, 11, 20, 2),
+            read_at(1, 13, 14, 2),
+        ];
+        let verdict = check(&events, &mut replay, &[]).unwrap();
+        assert_eq!(verdict.non_monotonic, 1, "{verdict:?}");
+        assert_eq!(verdict.stale_reads, 0);
+        assert!(!verdict.passed());
+    }
+
+    #[test]
+    fn every_published_digest_is_held_against_the_replay_at_its_index() {
+        let records = [
+            record(1, 1, marker()),
+            record(2, 1, write("a", "ann")),
+            record(3, 1, write("b", "bob")),
+        ];
+        let mut reference = Replay::new(MemStore::new());
+        let mut at_2 = 0;
+        for r in &records {
+            reference.apply(r).unwrap();
+            if r.index == 2 {
+                at_2 = reference.checksum().unwrap();
+            }
+        }
+        let seen = |worker: &str, applied_index, checksum| ReplicaState {
+            worker: worker.into(),
+            applied_index,
+            checksum,
+        };
+        let published = [
+            seen("dead", 2, at_2),
+            seen("diverged", 2, at_2 ^ 1),
+            seen("ahead", 9, at_2),
+        ];
+        let mut replay = Replay::new(MemStore::new());
+        replay
+            .checksums_at(published.iter().map(|p| p.applied_index))
+            .unwrap();
+        for r in &records {
+            replay.apply(r).unwrap();
+        }
+        let verdict = check_all(&[], &mut replay, &[], &published).unwrap();
+        assert_eq!(verdict.replica_mismatches, 2, "{verdict:?}");
+        assert_eq!(verdict.replicas_checked, 3);
+        assert!(!verdict.passed());
+    }
+
+    #[test]
+    fn a_request_applied_again_by_a_broken_machine_is_caught_by_the_checkers_own_memory() {
+        // The log holds request "c" twice (a retry through a failover). A replica whose
+        // deduplication failed applied it twice and acknowledged the second application.
+        let create = |id: &str| EntryBody::Write {
+            request_id: RequestId(id.into()),
+            op: WriteOp::CreateRide {
+                created_by: Username::parse("ann").unwrap(),
+                timestamp: rideshare_core::Timestamp::from_seconds(1_893_456_000).unwrap(),
+                source: rideshare_core::Area::new(1).unwrap(),
+                destination: rideshare_core::Area::new(2).unwrap(),
+            },
+        };
+        let mut replay = Replay::new(MemStore::new());
+        for r in [
+            record(1, 1, marker()),
+            record(2, 1, write("a", "ann")),
+            record(3, 1, create("c")),
+            record(4, 2, marker()),
+            record(5, 2, create("c")),
+        ] {
+            replay.apply(&r).unwrap();
+        }
+        assert_eq!(replay.repeats.get(&5), Some(&3));
+        let first = replay.outcomes[&RequestId("c".into())].1.clone();
+        let again = WriteOutcome::RideCreated {
+            ride_id: rideshare_core::RideId(2),
+        };
+        assert_ne!(first, again);
+        let events = [Event {
+            client: 0,
+            operation: Operation::Write {
+                request_id: RequestId("c".into()),
+                op: WriteOp::DeleteRide {
+                    ride_id: rideshare_core::RideId(1),
+                },
+            },
+            invoked_ms: 1,
+            completed_ms: 2,
+            completion: Completion::Written {
+                index: 5,
+                outcome: again,
+            },
+        }];
+        let verdict = check(&events, &mut replay, &[]).unwrap();
+        assert_eq!((verdict.duplicated, verdict.lost), (1, 0), "{verdict:?}");
+        assert!(!verdict.passed());
     }
 }

@@ -2,8 +2,11 @@
 //! `InProcessDb` calls one in the same process (`rideshare up`), as its HTTP API would.
 //!
 //! A write gets one request id for all its attempts, so a retry after a lost answer is
-//! applied once. Attempts and each attempt's time are bounded.
+//! applied once. Attempts and each attempt's time are bounded. `OrchestratorDb` carries the
+//! highest log index it has seen as every read's `min_index` (its session token): its reads
+//! see its writes and never go back, even through a restarted or another orchestrator.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,7 @@ use serde::Serialize;
 use tracing::Instrument as _;
 
 use crate::orchestrator::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Freshness, Orchestrator};
 use crate::retry::RetryPolicy;
 
 #[derive(Clone)]
@@ -28,6 +31,8 @@ pub struct OrchestratorDb {
     /// Tries per call, and the pause between them: a failed try is an unreachable
     /// orchestrator or a 5xx answer; a refusal (4xx) or an unreadable answer is final.
     retry: RetryPolicy,
+    /// The highest log index this client (every clone) has seen: its session token.
+    seen: Arc<AtomicU64>,
 }
 
 impl OrchestratorDb {
@@ -42,6 +47,7 @@ impl OrchestratorDb {
                 .unwrap_or_default(),
             admin,
             retry: RetryPolicy::fixed(3, Duration::from_millis(200)),
+            seen: Arc::default(),
         }
     }
 
@@ -100,15 +106,19 @@ impl Db for OrchestratorDb {
             request_id: Some(RequestId::random().0),
         };
         let ack: WriteAck = self.post("/api/v1/db/write", &body).await?;
+        self.seen.fetch_max(ack.index, Ordering::SeqCst);
         Ok(ack.outcome)
     }
 
     async fn read(&self, op: ReadOp) -> Result<ReadOutcome, DbError> {
+        let seen = self.seen.load(Ordering::SeqCst);
         let body = ReadRequest {
             op,
             consistency: None,
+            min_index: (seen > 0).then_some(seen),
         };
         let answer: ReadAnswer = self.post("/api/v1/db/read", &body).await?;
+        self.seen.fetch_max(answer.applied_index, Ordering::SeqCst);
         Ok(answer.outcome)
     }
 }
@@ -159,7 +169,7 @@ impl Db for InProcessDb {
     }
 
     async fn read(&self, op: ReadOp) -> Result<ReadOutcome, DbError> {
-        let answer = self.0.client_read(op, false);
+        let answer = self.0.client_read(op, Freshness::STRONG);
         Ok(Self::call("/api/v1/db/read", answer).await?.outcome)
     }
 }

@@ -12,6 +12,7 @@ use crate::orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorDeps, RunningOrchestrator,
 };
 use crate::runtime::tasks::{TaskRuntime, WorkerFactory};
+use crate::runtime::WorkerHandle;
 use crate::snapshot::{StoreAt, StoreKind};
 use crate::worker::{run_worker_from, WorkerConfig, WorkerDeps};
 
@@ -76,14 +77,32 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Gives one worker (by its handle) the engines it talks to: a seam for fault injection that
+/// acts on one worker only (the simulation pauses a worker by holding its calls).
+pub type WorkerDepsHook = Arc<dyn Fn(&WorkerHandle, WorkerDeps) -> WorkerDeps + Send + Sync>;
+
 /// Settings of an embedded cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EmbeddedConfig {
     pub stores: WorkerStores,
     pub orchestrator: OrchestratorConfig,
     /// Template for every worker (its id and pid are filled in at start).
     pub worker: WorkerConfig,
     pub first_pid: u32,
+    /// Wraps each worker's engines (none: the shared ones as they are).
+    pub worker_deps: Option<WorkerDepsHook>,
+}
+
+impl std::fmt::Debug for EmbeddedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedConfig")
+            .field("stores", &self.stores)
+            .field("orchestrator", &self.orchestrator)
+            .field("worker", &self.worker)
+            .field("first_pid", &self.first_pid)
+            .field("worker_deps", &self.worker_deps.is_some())
+            .finish()
+    }
 }
 
 impl Default for EmbeddedConfig {
@@ -93,6 +112,7 @@ impl Default for EmbeddedConfig {
             orchestrator: OrchestratorConfig::default(),
             worker: WorkerConfig::new("", 0),
             first_pid: 1000,
+            worker_deps: None,
         }
     }
 }
@@ -118,8 +138,12 @@ impl EmbeddedCluster {
         };
         let stores = config.stores.clone();
         let template = config.worker.clone();
+        let hook = config.worker_deps.clone();
         let factory: WorkerFactory = Arc::new(move |handle| {
-            let deps = worker_deps.clone();
+            let deps = match &hook {
+                Some(hook) => hook(&handle, worker_deps.clone()),
+                None => worker_deps.clone(),
+            };
             let stores = stores.clone();
             let mut worker = template.clone();
             worker.id = handle.id.clone();

@@ -236,6 +236,11 @@ pub struct SnapshotState {
 pub struct Progress {
     pub applied_index: u64,
     pub epoch: u64,
+    /// The state checksum at `applied_index` (the value of `ReadOp::Checksum` there): every
+    /// replica the coordinator ever showed, the master and the dead included, can be held
+    /// against a replay of the log at that index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<u64>,
 }
 
 /// A worker's catch-up at start: log entries applied before it served, and how long it took.

@@ -40,6 +40,12 @@ pub struct MasterNode {
     pub version: i32,
 }
 
+/// The master node as its holder last wrote it: the version its next write must find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasterClaim {
+    version: i32,
+}
+
 /// An epoch drawn from the persistent sequence: epochs only grow, even across a new master.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Epoch {
@@ -174,32 +180,39 @@ impl Registry {
         Ok((node.map(master_node), changed))
     }
 
-    /// Takes the master node for this session (ephemeral). `Ok(false)`: another session holds
+    /// Takes the master node for this session (ephemeral). `Ok(None)`: another session holds
     /// it; the create is atomic, so of two claims one wins.
-    pub async fn claim_master(&self, record: &MasterRecord) -> Result<bool> {
+    pub async fn claim_master(&self, record: &MasterRecord) -> Result<Option<MasterClaim>> {
         match self
             .session
             .create(MASTER, encode(record), CreateMode::Ephemeral)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(Error::NodeExists(_)) => Ok(false),
+            Ok(_) => Ok(Some(MasterClaim { version: 0 })),
+            Err(Error::NodeExists(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Replaces the master's record (its epoch, then its readiness); with `version`, only if
-    /// the node is still at that version.
-    pub async fn set_master(&self, record: &MasterRecord, version: Option<i32>) -> Result<()> {
-        self.session.set(MASTER, encode(record), version).await
+    /// Replaces the master's record (its epoch, then its readiness) only if the node is still
+    /// at the version of the holder's last write (compare-and-set): a late write of a worker
+    /// whose claim was taken from it (its node deleted as dead, another master's since) fails
+    /// with `BadVersion` instead of overwriting the real master's record.
+    pub async fn set_master(&self, record: &MasterRecord, claim: &mut MasterClaim) -> Result<()> {
+        self.session
+            .set(MASTER, encode(record), Some(claim.version))
+            .await?;
+        claim.version += 1;
+        Ok(())
     }
 
-    /// Deletes the master node if the worker `id` holds it. Best effort, like
-    /// [`Registry::forget_worker`].
+    /// Deletes the master node if the worker `id` holds it, compare-and-delete on the version
+    /// it was read at: a master elected meanwhile is never deleted in its place. Best effort,
+    /// like [`Registry::forget_worker`].
     pub async fn release_master_of(&self, id: &str) {
-        if let Ok(Some(master)) = self.master().await {
-            if master.id == id {
-                let _ = self.session.delete(MASTER).await;
+        if let Ok(Some(node)) = self.master_node().await {
+            if node.record.is_some_and(|m| m.id == id) {
+                let _ = self.session.delete_at(MASTER, node.version).await;
             }
         }
     }
@@ -381,6 +394,7 @@ mod tests {
         updated.progress = Some(Progress {
             applied_index: 7,
             epoch: 2,
+            checksum: None,
         });
         a.update_member(&path_a, &updated).await.unwrap();
         let seen = observer.member("a").await.unwrap().unwrap();
@@ -399,28 +413,60 @@ mod tests {
         let (a, b) = (registry(&coordinator).await, registry(&coordinator).await);
         a.register_member(&record("a", 10)).await.unwrap();
         assert_eq!(a.master().await.unwrap(), None);
-        assert!(a.claim_master(&master("a", 0)).await.unwrap());
-        assert!(!b.claim_master(&master("b", 0)).await.unwrap());
+        let mut claim = a.claim_master(&master("a", 0)).await.unwrap().unwrap();
+        assert_eq!(b.claim_master(&master("b", 0)).await.unwrap(), None);
         let (node, changed) = b.master_watch().await.unwrap();
-        let node = node.unwrap();
-        assert_eq!(node.record, Some(master("a", 0)));
-        a.set_master(&master("a", 4), Some(node.version))
-            .await
-            .unwrap();
+        assert_eq!(node.unwrap().record, Some(master("a", 0)));
+        let stale = claim;
+        a.set_master(&master("a", 4), &mut claim).await.unwrap();
         changed.await;
         assert!(
-            a.set_master(&master("a", 5), Some(node.version))
-                .await
-                .is_err(),
+            matches!(
+                a.set_master(&master("a", 5), &mut stale.clone()).await,
+                Err(Error::BadVersion(_))
+            ),
             "a stale version is refused"
         );
-        assert_eq!(b.master().await.unwrap().unwrap().epoch, 4);
+        a.set_master(&master("a", 5), &mut claim).await.unwrap();
+        assert_eq!(b.master().await.unwrap().unwrap().epoch, 5);
         b.release_master_of("b").await;
         assert!(b.master().await.unwrap().is_some(), "b does not hold it");
         b.forget_worker("a").await;
         assert_eq!(b.master_node().await.unwrap(), None);
         assert!(b.members().await.unwrap().is_empty());
-        assert!(b.claim_master(&master("b", 0)).await.unwrap());
+        assert!(b.claim_master(&master("b", 0)).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_deposed_holders_late_writes_leave_the_new_masters_node_alone() {
+        let coordinator = MemCoordinator::new();
+        let (a, b, orchestrator) = (
+            registry(&coordinator).await,
+            registry(&coordinator).await,
+            registry(&coordinator).await,
+        );
+        let mut a_claim = a.claim_master(&master("a", 0)).await.unwrap().unwrap();
+        a.set_master(&master("a", 3), &mut a_claim).await.unwrap();
+        // The orchestrator reads the node (held by a, thought dead)...
+        let read = orchestrator.master_node().await.unwrap().unwrap();
+        // ...a's node goes (its session expired), b takes over: its epoch, then ready...
+        orchestrator.session.delete(MASTER).await.unwrap();
+        let mut b_claim = b.claim_master(&master("b", 0)).await.unwrap().unwrap();
+        b.set_master(&master("b", 4), &mut b_claim).await.unwrap();
+        b.set_master(&master("b", 4), &mut b_claim).await.unwrap();
+        // ...then a's late write and the orchestrator's delete of "a's" node land. (Versions
+        // restart with each node, as in ZooKeeper: only a node at the very version read would
+        // still be deleted; fencing by epoch in the log keeps even that safe.)
+        assert!(matches!(
+            a.set_master(&master("a", 3), &mut a_claim).await,
+            Err(Error::BadVersion(_))
+        ));
+        assert!(matches!(
+            orchestrator.session.delete_at(MASTER, read.version).await,
+            Err(Error::BadVersion(_))
+        ));
+        orchestrator.release_master_of("a").await;
+        assert_eq!(b.master().await.unwrap(), Some(master("b", 4)));
     }
 
     #[tokio::test]

@@ -1,12 +1,18 @@
 //! The seeded simulation: the whole DBaaS on the in-memory engines under a paused tokio clock,
-//! random client operations, and random faults (master and slave crashes, workers dying on
-//! their own, orchestrator crashes, dropped messages, expired sessions, and late appends of a
-//! deposed master: write entries of an older epoch landing after a newer marker, new ones and
-//! copies of old ones). After every run the history is checked by the one history checker,
-//! `rideshare_dbaas::checker` (lost, doubled, stale reads, a deposed master's write applied,
-//! replicas against the replay), and the simulation adds what only it can see: at most one
-//! worker acknowledges writes per epoch, and once quiet the cluster has one master and the
-//! number of slaves the scaling policy says.
+//! random client operations, and random faults, polite and not: master and slave crashes,
+//! workers dying on their own (at once, or frozen first with their session expiring late),
+//! paused workers (every call held, the session expired late or not at all), the orchestrator
+//! killed with requests in flight, dropped, duplicated, delayed and reordered messages, log and
+//! coordinator outages, expired sessions, and late appends of a deposed master (write entries of
+//! an older epoch landing after a newer marker, new ones and copies of old ones).
+//!
+//! After every run the history is checked by the one history checker, `rideshare_dbaas::checker`
+//! (lost, doubled, stale and non-monotonic reads, a deposed master's write applied, and every
+//! replica's state: those alive once quiet at the log's end, and every digest any worker, the
+//! master and the dead included, published during the run, at its index). The simulation adds
+//! what only it can see: at most one worker acknowledges writes per epoch; once quiet the cluster
+//! has one master and the number of slaves the scaling policy says; and a progress floor: once
+//! the faults are over, the clients' operations succeed.
 //!
 //! Three seeds in four also take snapshots every few entries (a shared directory per seed),
 //! install them in every new worker and truncate the log behind them, with two more faults: a
@@ -15,6 +21,9 @@
 //!
 //! `SIM_SEEDS=N` runs seeds 0..N (default 200); `SIM_SEED=S` replays one seed (`SIM_LOG=info`
 //! prints its log lines).
+
+#[path = "simulation/pause.rs"]
+mod pause;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -28,11 +37,14 @@ use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp};
 use rideshare_core::store::MemStore;
 use rideshare_core::{Area, RideId, Timestamp, Username};
 use rideshare_dbaas::batch::Batching;
-use rideshare_dbaas::checker::{check, Completion, Event, Operation, Replay, ReplicaState};
+use rideshare_dbaas::checker::{check_all, Completion, Event, Operation, Replay, ReplicaState};
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig, WorkerStores};
+use rideshare_dbaas::runtime::WorkerHandle;
+
+use self::pause::Gates;
 use rideshare_dbaas::log::mem::MemLog;
 use rideshare_dbaas::log::{Log, Record};
-use rideshare_dbaas::orchestrator::OrchestratorConfig;
+use rideshare_dbaas::orchestrator::{Freshness, Orchestrator, OrchestratorConfig};
 use rideshare_dbaas::policy::ScalePolicy;
 use rideshare_dbaas::protocol::{decode_versioned, encode, EntryBody, LogEntry, VERSION};
 use rideshare_dbaas::runtime::Runtime;
@@ -42,6 +54,11 @@ use rideshare_dbaas::worker::{SnapshotSettings, WorkerConfig};
 const CLIENTS: usize = 8;
 const OPS_PER_CLIENT: usize = 40;
 const FAULT_PHASE: Duration = Duration::from_secs(20);
+/// Operations per client once the faults are over and the cluster has settled...
+const QUIET_OPS_PER_CLIENT: usize = 8;
+/// ...of which at least this share must succeed (the progress floor): a build that refuses
+/// writes, or reads, fails here whatever else it gets right.
+const PROGRESS_FLOOR: f64 = 0.9;
 
 /// What the clients saw (checker events), which worker acknowledged each write in which epoch,
 /// and the faults injected.
@@ -57,7 +74,7 @@ fn snapshots(seed: u64, dir: &std::path::Path) -> Option<SnapshotDir> {
     (!seed.is_multiple_of(4)).then(|| SnapshotDir::open(dir, 2).expect("snapshot dir"))
 }
 
-fn config(seed: u64, snapshots: Option<SnapshotDir>) -> EmbeddedConfig {
+fn config(seed: u64, snapshots: Option<SnapshotDir>, gates: &Gates) -> EmbeddedConfig {
     let mut worker = WorkerConfig::new("", 0);
     worker.snapshots = snapshots.clone().map(|dir| SnapshotSettings {
         dir,
@@ -92,6 +109,10 @@ fn config(seed: u64, snapshots: Option<SnapshotDir>) -> EmbeddedConfig {
         },
         worker,
         first_pid: 100,
+        worker_deps: Some({
+            let gates = gates.clone();
+            Arc::new(move |handle: &WorkerHandle, deps| gates.wrap(handle, deps))
+        }),
     }
 }
 
@@ -140,8 +161,13 @@ impl Archive {
         let mut reader = log.read_from(1).await.expect("archive reader");
         let records = Arc::clone(&archive.0);
         tokio::spawn(async move {
-            while let Some(Ok(record)) = reader.next().await {
-                records.lock().unwrap().push(record);
+            loop {
+                match reader.next().await {
+                    Some(Ok(record)) => records.lock().unwrap().push(record),
+                    // An outage: the reader goes on where it was once the log is back.
+                    Some(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    None => return,
+                }
             }
         });
         archive
@@ -161,10 +187,16 @@ impl Archive {
     }
 }
 
-/// Replays the log through the replica core, as the history checker does: the reference.
-async fn replay(log: &dyn Log, archive: &Archive) -> Replay<MemStore> {
+/// Replays the log through the replica core, as the history checker does: the reference, with
+/// its checksum noted at each of `at`.
+async fn replay(
+    log: &dyn Log,
+    archive: &Archive,
+    at: impl IntoIterator<Item = u64>,
+) -> Replay<MemStore> {
     let end = log.end().await.unwrap();
     let mut replay = Replay::new(MemStore::new());
+    replay.checksums_at(at).unwrap();
     for record in archive.up_to(end).await {
         replay.apply(&record).unwrap();
     }
@@ -184,67 +216,168 @@ async fn wait_for_master(cluster: &EmbeddedCluster, bound: Duration) -> bool {
     false
 }
 
-async fn simulate(seed: u64) -> Result<String, String> {
-    let log = MemLog::new();
-    let archive = Archive::follow(Arc::new(log.clone())).await;
-    let snapshot_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let snapshots = snapshots(seed, snapshot_dir.path());
-    let mut cluster =
-        EmbeddedCluster::start(Arc::new(log.clone()), config(seed, snapshots.clone()))
-            .await
-            .map_err(|e| format!("start: {e}"))?;
-    if !wait_for_master(&cluster, Duration::from_secs(10)).await {
-        return Err("no master elected at start".into());
-    }
-    let history = Arc::new(Mutex::new(History::default()));
-    let cluster_slot = Arc::new(tokio::sync::RwLock::new(()));
-    let orchestrator = Arc::new(Mutex::new(Arc::clone(cluster.orchestrator())));
-    let origin = tokio::time::Instant::now();
+/// The last state digest each worker published in its member node (progress with a checksum,
+/// or the quiet state digest), by worker id: the dead and the master included.
+#[derive(Clone, Default)]
+struct Published(Arc<Mutex<BTreeMap<String, ReplicaState>>>);
 
-    // Clients: sequential operations each, against whichever orchestrator is current.
+impl Published {
+    /// Looks at the member nodes every 50 ms, through whichever orchestrator is current.
+    fn watch(
+        orchestrator: Arc<Mutex<Arc<Orchestrator>>>,
+    ) -> (Published, tokio::task::JoinHandle<()>) {
+        let published = Published::default();
+        let seen = Arc::clone(&published.0);
+        let task = tokio::spawn(async move {
+            loop {
+                let o = Arc::clone(&orchestrator.lock().unwrap());
+                for member in o.members().await.unwrap_or_default() {
+                    let record = member.record;
+                    let digests = [
+                        record
+                            .progress
+                            .and_then(|p| p.checksum.map(|c| (p.applied_index, c))),
+                        record.state.map(|s| (s.applied_index, s.checksum)),
+                    ];
+                    let Some((applied_index, checksum)) =
+                        digests.into_iter().flatten().max_by_key(|(i, _)| *i)
+                    else {
+                        continue;
+                    };
+                    let mut seen = seen.lock().unwrap();
+                    let newer = seen
+                        .get(&record.id)
+                        .is_none_or(|s| s.applied_index <= applied_index);
+                    if newer {
+                        seen.insert(
+                            record.id.clone(),
+                            ReplicaState {
+                                worker: record.id,
+                                applied_index,
+                                checksum,
+                            },
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        (published, task)
+    }
+
+    fn states(&self) -> Vec<ReplicaState> {
+        self.0.lock().unwrap().values().cloned().collect()
+    }
+}
+
+/// The current orchestrator, and a count of orchestrators killed: a client's call to one that
+/// is killed under it ends there (a process's requests die with it), its outcome unknown.
+#[derive(Clone)]
+struct Current {
+    orchestrator: Arc<Mutex<Arc<Orchestrator>>>,
+    killed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Current {
+    fn new(o: &Arc<Orchestrator>) -> Self {
+        Current {
+            orchestrator: Arc::new(Mutex::new(Arc::clone(o))),
+            killed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn get(&self) -> (Arc<Orchestrator>, u64) {
+        let o = Arc::clone(&self.orchestrator.lock().unwrap());
+        (o, *self.killed.borrow())
+    }
+
+    /// Kills the current one (its calls in flight end) and puts `next` in its place.
+    fn replace(&self, next: &Arc<Orchestrator>) {
+        *self.orchestrator.lock().unwrap() = Arc::clone(next);
+        self.killed.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once the orchestrator of generation `generation` has been killed.
+    async fn killed(&self, generation: u64) {
+        let mut killed = self.killed.subscribe();
+        let _ = killed.wait_for(|n| *n > generation).await;
+    }
+}
+
+/// One client operation against the current orchestrator, as the history records it.
+async fn operate(
+    current: &Current,
+    rng: &mut SmallRng,
+    request_id: RequestId,
+    history: &Mutex<History>,
+) -> (Operation, Completion) {
+    let (o, generation) = current.get();
+    if rng.gen_bool(0.6) {
+        let op = random_write(rng);
+        let completion = tokio::select! {
+            written = o.write(request_id.clone(), op.clone()) => match written {
+                Ok(ack) => {
+                    history.lock().unwrap().acked_by.push((ack.epoch, ack.worker));
+                    Completion::Written {
+                        index: ack.index,
+                        outcome: ack.outcome,
+                    }
+                }
+                // The orchestrator may have sent it before failing: unknown.
+                Err(e) => Completion::Unknown {
+                    reason: e.to_string(),
+                },
+            },
+            _ = current.killed(generation) => Completion::Unknown {
+                reason: "orchestrator killed with the write in flight".into(),
+            },
+        };
+        (Operation::Write { request_id, op }, completion)
+    } else {
+        let op = random_read(rng);
+        o.count_read();
+        let completion = tokio::select! {
+            read = o.read(op.clone(), Freshness::STRONG) => match read {
+                Ok(answer) => Completion::Read {
+                    applied_index: answer.applied_index,
+                },
+                Err(e) => Completion::Failed {
+                    reason: e.to_string(),
+                },
+            },
+            _ = current.killed(generation) => Completion::Failed {
+                reason: "orchestrator killed with the read in flight".into(),
+            },
+        };
+        (Operation::Read { op }, completion)
+    }
+}
+
+/// Runs `CLIENTS` clients of `ops` sequential operations each, against whichever orchestrator
+/// is current when each operation starts.
+fn start_clients(
+    seed: u64,
+    phase: &'static str,
+    ops: usize,
+    pause: std::ops::Range<u64>,
+    current: &Current,
+    history: &Arc<Mutex<History>>,
+    origin: tokio::time::Instant,
+) -> tokio::task::JoinSet<()> {
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..CLIENTS {
-        let history = Arc::clone(&history);
-        let orchestrator = Arc::clone(&orchestrator);
-        let gate = Arc::clone(&cluster_slot);
+        let history = Arc::clone(history);
+        let current = current.clone();
+        let pause = pause.clone();
         clients.spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed * 1000 + c as u64);
-            for n in 0..OPS_PER_CLIENT {
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(10..300))).await;
-                let _held = gate.read().await;
-                let o = Arc::clone(&orchestrator.lock().unwrap());
+            let mut rng =
+                SmallRng::seed_from_u64(seed * 1000 + c as u64 + phase.len() as u64 * 100);
+            for n in 0..ops {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(pause.clone()))).await;
                 let invoked_ms = ms(origin);
-                let (operation, completion) = if rng.gen_bool(0.6) {
-                    let request_id = RequestId(format!("s{seed}-c{c}-{n}"));
-                    let op = random_write(&mut rng);
-                    let completion = match o.write(request_id.clone(), op.clone()).await {
-                        Ok(ack) => {
-                            let by = (ack.epoch, ack.worker);
-                            history.lock().unwrap().acked_by.push(by);
-                            Completion::Written {
-                                index: ack.index,
-                                outcome: ack.outcome,
-                            }
-                        }
-                        // The orchestrator may have sent it before failing: unknown.
-                        Err(e) => Completion::Unknown {
-                            reason: e.to_string(),
-                        },
-                    };
-                    (Operation::Write { request_id, op }, completion)
-                } else {
-                    let op = random_read(&mut rng);
-                    o.count_read();
-                    let completion = match o.read(op.clone(), false).await {
-                        Ok(answer) => Completion::Read {
-                            applied_index: answer.applied_index,
-                        },
-                        Err(e) => Completion::Failed {
-                            reason: e.to_string(),
-                        },
-                    };
-                    (Operation::Read { op }, completion)
-                };
+                let request_id = RequestId(format!("s{seed}-{phase}-c{c}-{n}"));
+                let (operation, completion) =
+                    operate(&current, &mut rng, request_id, &history).await;
                 history.lock().unwrap().events.push(Event {
                     client: c,
                     operation,
@@ -255,50 +388,245 @@ async fn simulate(seed: u64) -> Result<String, String> {
             }
         });
     }
+    clients
+}
+
+/// The kinds of fault, drawn at random; the last two only with snapshots.
+#[derive(Clone, Copy, Debug)]
+enum FaultKind {
+    CrashMaster,
+    CrashSlave,
+    WorkerDies,
+    WorkerFreezesThenDies,
+    PauseWorker,
+    KillOrchestrator,
+    DropMessages,
+    DuplicateMessages,
+    DelayAndReorder,
+    LogOutage,
+    CoordinatorOutage,
+    ExpireSession,
+    LateAppend,
+    CorruptSnapshot,
+    KillInstallingReplacement,
+}
+
+const FAULTS: [FaultKind; 15] = [
+    FaultKind::CrashMaster,
+    FaultKind::CrashSlave,
+    FaultKind::WorkerDies,
+    FaultKind::WorkerFreezesThenDies,
+    FaultKind::PauseWorker,
+    FaultKind::KillOrchestrator,
+    FaultKind::DropMessages,
+    FaultKind::DuplicateMessages,
+    FaultKind::DelayAndReorder,
+    FaultKind::LogOutage,
+    FaultKind::CoordinatorOutage,
+    FaultKind::ExpireSession,
+    FaultKind::LateAppend,
+    FaultKind::CorruptSnapshot,
+    FaultKind::KillInstallingReplacement,
+];
+
+/// A random live worker: the master about half the time.
+async fn pick_worker(cluster: &EmbeddedCluster, rng: &mut SmallRng) -> Option<WorkerHandle> {
+    let workers = cluster.runtime.list().await.unwrap_or_default();
+    if workers.is_empty() {
+        return None;
+    }
+    if rng.gen_bool(0.5) {
+        if let Ok(Some(master)) = cluster.orchestrator().master().await {
+            if let Some(m) = workers.iter().find(|w| w.id == master.id) {
+                return Some(m.clone());
+            }
+        }
+    }
+    Some(workers[rng.gen_range(0..workers.len())].clone())
+}
+
+/// Pauses `worker` for `pause`; if `expire_after` is shorter, its session expires then (late:
+/// ZooKeeper notices a silent holder only after the session timeout).
+async fn pause_worker(
+    cluster: &EmbeddedCluster,
+    gates: &Gates,
+    worker: &WorkerHandle,
+    pause: Duration,
+    expire_after: Option<Duration>,
+) -> String {
+    let Some(gate) = gates.get(&worker.id) else {
+        return format!("no gate for {}", worker.id);
+    };
+    gate.set_paused(true);
+    let mut expired = String::new();
+    match expire_after.filter(|after| *after < pause) {
+        Some(after) => {
+            tokio::time::sleep(after).await;
+            let n = expire_sessions_of(cluster, gates, worker);
+            expired = format!(
+                ", its {n} session(s) expired after {} ms",
+                after.as_millis()
+            );
+            tokio::time::sleep(pause - after).await;
+        }
+        None => tokio::time::sleep(pause).await,
+    }
+    gate.set_paused(false);
+    format!(
+        "paused {} for {} ms{expired}",
+        worker.pid,
+        pause.as_millis()
+    )
+}
+
+/// Expires the live sessions `worker` opened; returns how many.
+fn expire_sessions_of(cluster: &EmbeddedCluster, gates: &Gates, worker: &WorkerHandle) -> usize {
+    gates.get(&worker.id).map_or(0, |gate| {
+        gate.sessions()
+            .into_iter()
+            .filter(|s| cluster.coordinator.expire(*s))
+            .count()
+    })
+}
+
+async fn simulate(seed: u64) -> Result<String, String> {
+    let log = MemLog::new();
+    let archive = Archive::follow(Arc::new(log.clone())).await;
+    let snapshot_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let snapshots = snapshots(seed, snapshot_dir.path());
+    let gates = Gates::default();
+    let mut cluster = EmbeddedCluster::start(
+        Arc::new(log.clone()),
+        config(seed, snapshots.clone(), &gates),
+    )
+    .await
+    .map_err(|e| format!("start: {e}"))?;
+    if !wait_for_master(&cluster, Duration::from_secs(10)).await {
+        return Err("no master elected at start".into());
+    }
+    let history = Arc::new(Mutex::new(History::default()));
+    let current = Current::new(cluster.orchestrator());
+    let (published, watching) = Published::watch(Arc::clone(&current.orchestrator));
+    let origin = tokio::time::Instant::now();
+    let mut clients = start_clients(
+        seed,
+        "faults",
+        OPS_PER_CLIENT,
+        10..300,
+        &current,
+        &history,
+        origin,
+    );
 
     // Faults, on a seeded schedule.
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+    let kinds = if snapshots.is_some() {
+        &FAULTS[..]
+    } else {
+        &FAULTS[..FAULTS.len() - 2]
+    };
     let start = tokio::time::Instant::now();
     while start.elapsed() < FAULT_PHASE {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
-        let fault = rng.gen_range(0..if snapshots.is_some() { 9 } else { 7 });
+        let kind = kinds[rng.gen_range(0..kinds.len())];
         let o = Arc::clone(cluster.orchestrator());
-        let what = match fault {
-            0 => format!(
+        let what = match kind {
+            FaultKind::CrashMaster => format!(
                 "crash master: {:?}",
                 o.crash_master().await.map_err(|e| e.to_string())
             ),
-            1 => format!(
+            FaultKind::CrashSlave => format!(
                 "crash slave: {:?}",
                 o.crash_slave().await.map_err(|e| e.to_string())
             ),
-            2 => {
-                // A worker dies on its own: nobody deletes its nodes for it.
-                let workers = cluster.runtime.list().await.unwrap_or_default();
-                if workers.is_empty() {
-                    "no worker to kill".into()
-                } else {
-                    let w = &workers[rng.gen_range(0..workers.len())];
+            FaultKind::WorkerDies => match pick_worker(&cluster, &mut rng).await {
+                // Nobody deletes its nodes for it; its session closes with it.
+                Some(w) => {
                     let _ = cluster.runtime.kill(&w.id).await;
                     format!("worker {} died", w.pid)
                 }
-            }
-            3 => {
-                let _exclusive = cluster_slot.write().await;
+                None => "no worker to kill".into(),
+            },
+            FaultKind::WorkerFreezesThenDies => match pick_worker(&cluster, &mut rng).await {
+                // A process killed -9: silent at once, its session expires only later.
+                Some(w) => {
+                    if let Some(gate) = gates.get(&w.id) {
+                        gate.set_paused(true);
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(300..2500))).await;
+                    let n = expire_sessions_of(&cluster, &gates, &w);
+                    let _ = cluster.runtime.kill(&w.id).await;
+                    format!(
+                        "worker {} froze, its {n} session(s) expired late, then died",
+                        w.pid
+                    )
+                }
+                None => "no worker to freeze".into(),
+            },
+            FaultKind::PauseWorker => match pick_worker(&cluster, &mut rng).await {
+                Some(w) => {
+                    let pause = Duration::from_millis(rng.gen_range(200..4000));
+                    let expire = rng
+                        .gen_bool(0.5)
+                        .then(|| Duration::from_millis(rng.gen_range(1000..3000)));
+                    pause_worker(&cluster, &gates, &w, pause, expire).await
+                }
+                None => "no worker to pause".into(),
+            },
+            FaultKind::KillOrchestrator => {
+                // Killed with whatever requests are in flight: they fail, outcome unknown.
                 cluster
                     .restart_orchestrator()
                     .await
                     .map_err(|e| format!("orchestrator restart: {e}"))?;
-                *orchestrator.lock().unwrap() = Arc::clone(cluster.orchestrator());
-                "orchestrator restarted".into()
+                current.replace(cluster.orchestrator());
+                "orchestrator killed and restarted".into()
             }
-            4 => {
+            FaultKind::DropMessages => {
                 cluster.broker.set_drop_rate(0.05);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
                 cluster.broker.set_drop_rate(0.0);
                 "dropped 5% of messages for a while".into()
             }
-            5 => {
+            FaultKind::DuplicateMessages => {
+                cluster.broker.set_duplicate_rate(0.2);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
+                cluster.broker.set_duplicate_rate(0.0);
+                "delivered 20% of messages twice for a while".into()
+            }
+            FaultKind::DelayAndReorder => {
+                let delay = Duration::from_millis(rng.gen_range(5..100));
+                let jitter = Duration::from_millis(rng.gen_range(5..100));
+                let append = Duration::from_millis(rng.gen_range(0..50));
+                cluster.broker.set_delay(delay);
+                cluster.broker.set_jitter(jitter);
+                log.set_append_delay(append);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+                cluster.broker.set_delay(Duration::ZERO);
+                cluster.broker.set_jitter(Duration::ZERO);
+                log.set_append_delay(Duration::ZERO);
+                format!(
+                    "messages delayed {} ms and reordered within {} ms, appends delayed {} ms, for a while",
+                    delay.as_millis(),
+                    jitter.as_millis(),
+                    append.as_millis()
+                )
+            }
+            FaultKind::LogOutage => {
+                let down = Duration::from_millis(rng.gen_range(100..2000));
+                log.set_unavailable(true);
+                tokio::time::sleep(down).await;
+                log.set_unavailable(false);
+                format!("log unavailable for {} ms", down.as_millis())
+            }
+            FaultKind::CoordinatorOutage => {
+                let down = Duration::from_millis(rng.gen_range(100..2000));
+                cluster.coordinator.set_unavailable(true);
+                tokio::time::sleep(down).await;
+                cluster.coordinator.set_unavailable(false);
+                format!("coordinator unavailable for {} ms", down.as_millis())
+            }
+            FaultKind::ExpireSession => {
                 let sessions = cluster.coordinator.sessions();
                 if sessions.is_empty() {
                     "no session".into()
@@ -308,9 +636,11 @@ async fn simulate(seed: u64) -> Result<String, String> {
                     format!("expired session {s}")
                 }
             }
-            6 => late_append_of_a_deposed_master(&cluster, &archive, &mut rng, seed).await,
-            7 => corrupt_newest_snapshot(snapshots.as_ref(), &mut rng),
-            _ => {
+            FaultKind::LateAppend => {
+                late_append_of_a_deposed_master(&cluster, &archive, &mut rng, seed).await
+            }
+            FaultKind::CorruptSnapshot => corrupt_newest_snapshot(snapshots.as_ref(), &mut rng),
+            FaultKind::KillInstallingReplacement => {
                 // A slave is replaced, and its replacement dies while it installs a snapshot.
                 let crashed = o.crash_slave().await.map_err(|e| e.to_string());
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(100..200))).await;
@@ -331,13 +661,58 @@ async fn simulate(seed: u64) -> Result<String, String> {
     }
     while clients.join_next().await.is_some() {}
 
-    // Quiet: let elections, replacements and the scaling windows settle.
+    // Quiet: let elections, replacements and the scaling windows settle; then the clients
+    // again, which must now get what they ask for (the progress floor).
     tokio::time::sleep(Duration::from_secs(15)).await;
     if !wait_for_master(&cluster, Duration::from_secs(10)).await {
         return Err("no master once quiet".into());
     }
+    let quiet_from = ms(origin);
+    let mut clients = start_clients(
+        seed,
+        "quiet",
+        QUIET_OPS_PER_CLIENT,
+        10..100,
+        &current,
+        &history,
+        origin,
+    );
+    while clients.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watching.abort();
     let history = std::mem::take(&mut *history.lock().unwrap());
-    let mut reference = replay(&*cluster.log, &archive).await;
+    let quiet: Vec<&Event> = history
+        .events
+        .iter()
+        .filter(|e| e.invoked_ms >= quiet_from)
+        .collect();
+    let quiet_ok = quiet
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.completion,
+                Completion::Written { .. } | Completion::Read { .. }
+            )
+        })
+        .count();
+    if (quiet_ok as f64) < PROGRESS_FLOOR * quiet.len() as f64 {
+        let failures: Vec<_> = quiet
+            .iter()
+            .filter(|e| {
+                !matches!(
+                    e.completion,
+                    Completion::Written { .. } | Completion::Read { .. }
+                )
+            })
+            .take(3)
+            .map(|e| format!("{:?}", e.completion))
+            .collect();
+        return Err(format!(
+            "progress floor: {quiet_ok} of {} operations succeeded once the faults were over (floor {PROGRESS_FLOOR}); e.g. {failures:?}",
+            quiet.len()
+        ));
+    }
+
     let first = cluster.log.first().await.unwrap_or(1);
     let installs = cluster
         .orchestrator()
@@ -348,16 +723,23 @@ async fn simulate(seed: u64) -> Result<String, String> {
         .filter(|m| m.record.snapshots.is_some_and(|s| s.installed.is_some()))
         .count();
 
-    // The history, the log and the replicas, by the one history checker. Every replica that
-    // answers a checksum read once quiet is compared, and must have caught up with the log.
+    // The history, the log and the replicas, by the one history checker: every replica that
+    // answers a checksum read once quiet (at the log's end), and every digest published.
     let replicas = quiet_replica_states(&cluster).await?;
-    let verdict =
-        check(&history.events, &mut reference, &replicas).map_err(|e| format!("checker: {e}"))?;
+    let seen = published.states();
+    let mut reference = replay(
+        &*cluster.log,
+        &archive,
+        seen.iter().map(|s| s.applied_index),
+    )
+    .await;
+    let verdict = check_all(&history.events, &mut reference, &replicas, &seen)
+        .map_err(|e| format!("checker: {e}"))?;
     if !verdict.passed() {
         return Err(format!("checker: {verdict:?}"));
     }
-    if verdict.ops_ok == 0 {
-        return Err(format!("no operation succeeded: {verdict:?}"));
+    if verdict.replicas_checked == 0 || seen.is_empty() {
+        return Err(format!("no replica checked: {verdict:?}"));
     }
     // One acknowledging master per epoch.
     let mut per_epoch: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
@@ -378,15 +760,18 @@ async fn simulate(seed: u64) -> Result<String, String> {
     }
     cluster.shutdown();
     Ok(format!(
-        "ops {} (ok {}, failed {}, unknown {}), log {} entries (first kept {first}), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {}, faults {:?}",
+        "ops {} (ok {}, failed {}, unknown {}; once quiet {quiet_ok} of {} ok), log {} entries (first kept {first}), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {} ({} alive once quiet, {} digests published), faults {:?}",
         history.events.len(),
         verdict.ops_ok,
         verdict.ops_failed,
         verdict.ops_unknown,
+        quiet.len(),
         reference.end,
         reference.epochs,
         verdict.fenced_entries,
+        verdict.replicas_checked,
         replicas.len(),
+        seen.len(),
         history.faults
     ))
 }
@@ -402,7 +787,7 @@ async fn quiet_replica_states(cluster: &EmbeddedCluster) -> Result<Vec<ReplicaSt
     let mut seen = BTreeMap::new();
     for _ in 0..12 {
         let answer = o
-            .read(ReadOp::Checksum, false)
+            .read(ReadOp::Checksum, Freshness::STRONG)
             .await
             .map_err(|e| format!("checksum read once quiet: {e}"))?;
         let ReadOutcome::Checksum {

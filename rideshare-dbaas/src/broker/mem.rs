@@ -9,8 +9,8 @@
 //! Like the AMQP default exchange, a publish to a queue nobody declared is confirmed and the
 //! message is dropped: the publisher cannot tell, and the protocol must not depend on it.
 //!
-//! Fault controls: [`MemBroker::set_drop_rate`], [`MemBroker::set_delay`],
-//! [`MemBroker::set_unavailable`], [`MemBroker::delete_queue`]; and for assertions
+//! Fault controls: [`MemBroker::set_drop_rate`], [`MemBroker::set_duplicate_rate`],
+//! [`MemBroker::set_delay`], [`MemBroker::set_jitter`], [`MemBroker::set_unavailable`], [`MemBroker::delete_queue`]; and for assertions
 //! [`MemBroker::queue_len`] and [`MemBroker::unacked`].
 //!
 //! It must not open sockets or read the clock except through tokio's (pausable) timer.
@@ -48,7 +48,11 @@ struct State {
     next_consumer: u64,
     next_tag: u64,
     drop_rate: f64,
+    /// The chance that a published message is queued twice (a duplicate delivery).
+    duplicate_rate: f64,
     delay: Duration,
+    /// Each publish waits a further random time below this: messages overtake each other.
+    jitter: Duration,
     unavailable: bool,
     rng: SmallRng,
 }
@@ -172,7 +176,9 @@ impl MemBroker {
                     next_consumer: 1,
                     next_tag: 1,
                     drop_rate: 0.0,
+                    duplicate_rate: 0.0,
                     delay: Duration::ZERO,
+                    jitter: Duration::ZERO,
                     unavailable: false,
                     rng: SmallRng::seed_from_u64(seed),
                 }),
@@ -200,6 +206,23 @@ impl MemBroker {
     /// message is delivered, and the publish confirmed, that much later.
     pub fn set_delay(&self, delay: Duration) {
         self.lock().delay = delay;
+    }
+
+    /// Makes every publish take a further random time below `jitter` (drawn from the broker's
+    /// seeded rng): messages published close together reach their queue out of order.
+    pub fn set_jitter(&self, jitter: Duration) {
+        self.lock().jitter = jitter;
+    }
+
+    /// Makes each publish, with probability `rate` (clamped to 0..=1), queue its message twice:
+    /// the duplicate delivery at-least-once brokers allow (a publisher's retry of a message
+    /// whose confirm was lost). Like drops, it is for the layers above, not for conformance.
+    pub fn set_duplicate_rate(&self, rate: f64) {
+        self.lock().duplicate_rate = if rate.is_nan() {
+            0.0
+        } else {
+            rate.clamp(0.0, 1.0)
+        };
     }
 
     /// While unavailable, `declare`, `consume` and `publish` fail with
@@ -296,9 +319,15 @@ impl Broker for MemBroker {
 
     async fn publish(&self, queue: &str, message: Message) -> Result<()> {
         let delay = {
-            let state = self.lock();
+            let mut state = self.lock();
             MemBroker::check_available(&state)?;
+            let jitter = state.jitter;
             state.delay
+                + if jitter.is_zero() {
+                    Duration::ZERO
+                } else {
+                    jitter.mul_f64(state.rng.gen::<f64>())
+                }
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -313,11 +342,19 @@ impl Broker for MemBroker {
                 return Ok(());
             }
         }
+        let twice = state.duplicate_rate > 0.0 && state.rng.gen::<f64>() < state.duplicate_rate;
         let State {
             queues, next_tag, ..
         } = &mut *state;
         match queues.get_mut(queue) {
             Some(q) => {
+                if twice {
+                    tracing::debug!(queue, "mem broker queued a message twice (fault)");
+                    q.ready.push_back(Pending {
+                        message: message.clone(),
+                        redelivered: true,
+                    });
+                }
                 q.ready.push_back(Pending {
                     message,
                     redelivered: false,

@@ -27,9 +27,10 @@ where
         ("racing_creates_of_one_path_let_exactly_one_win", |c| {
             racing_creates_of_one_path_let_exactly_one_win(c).boxed()
         }),
-        ("set_at_a_stale_version_fails_with_bad_version", |c| {
-            set_at_a_stale_version_fails_with_bad_version(c).boxed()
-        }),
+        (
+            "set_or_delete_at_a_stale_version_fails_with_bad_version",
+            |c| set_or_delete_at_a_stale_version_fails_with_bad_version(c).boxed(),
+        ),
         ("missing_nodes_fail_set_and_delete_with_no_node", |c| {
             missing_nodes_fail_set_and_delete_with_no_node(c).boxed()
         }),
@@ -183,7 +184,9 @@ async fn racing_creates_of_one_path_let_exactly_one_win<C: Coordinator>(coord: C
     Ok(())
 }
 
-async fn set_at_a_stale_version_fails_with_bad_version<C: Coordinator>(coord: C) -> CaseResult {
+async fn set_or_delete_at_a_stale_version_fails_with_bad_version<C: Coordinator>(
+    coord: C,
+) -> CaseResult {
     let s = connect(&coord).await?;
     let path = format!("{}/versioned", root());
     create(&*s, &path, "v0", CreateMode::Persistent).await?;
@@ -200,6 +203,25 @@ async fn set_at_a_stale_version_fails_with_bad_version<C: Coordinator>(coord: C)
         get(&*s, &path).await?,
         Some((data("v1"), 1)),
         "node after a refused set"
+    );
+    match s.delete_at(&path, 0).await {
+        Err(Error::BadVersion(_)) => {}
+        other => {
+            return Err(format!(
+                "delete at stale version 0: expected BadVersion, got {other:?}"
+            ))
+        }
+    }
+    check_eq!(
+        get(&*s, &path).await?,
+        Some((data("v1"), 1)),
+        "node after a refused delete"
+    );
+    ok("delete at version 1", s.delete_at(&path, 1).await)?;
+    check_eq!(
+        get(&*s, &path).await?,
+        None,
+        "node after a versioned delete"
     );
     Ok(())
 }

@@ -426,6 +426,15 @@ impl Session for MemSession {
         state.delete(path)
     }
 
+    async fn delete_at(&self, path: &str, version: i32) -> Result<()> {
+        let mut state = self.shared.lock();
+        state.check(self.id)?;
+        match state.nodes.get(path) {
+            Some(node) if node.version != version => Err(Error::BadVersion(path.to_owned())),
+            _ => state.delete(path),
+        }
+    }
+
     async fn children(&self, path: &str) -> Result<Vec<String>> {
         let state = self.shared.lock();
         state.check(self.id)?;

@@ -60,6 +60,9 @@ pub trait Session: Send + Sync {
     async fn set(&self, path: &str, data: Bytes, version: Option<i32>) -> Result<()>;
     /// Deletes a node (any session's); `NoNode` if absent.
     async fn delete(&self, path: &str) -> Result<()>;
+    /// Deletes a node only if it is still at `version` (`BadVersion` otherwise, `NoNode` if
+    /// absent): a compare-and-delete, as ZooKeeper's delete with a version.
+    async fn delete_at(&self, path: &str, version: i32) -> Result<()>;
     /// Child names (not paths), sorted; empty if the node is absent.
     async fn children(&self, path: &str) -> Result<Vec<String>>;
     /// Like `children`, plus a watch that fires when a child is added or removed.

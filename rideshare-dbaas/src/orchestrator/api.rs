@@ -37,6 +37,13 @@ pub struct ReadRequest {
     pub op: ReadOp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// A session token: the highest log index this client has seen (a write's `index`, a
+    /// read's `applied_index`), from this or any other orchestrator. The read is answered by a
+    /// replica that has applied it, so a client that moves between orchestrators still reads
+    /// its writes and never goes back in time. A replica that does not reach it within the
+    /// read wait answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_index: Option<u64>,
 }
 
 /// An acknowledged write: the answer to `POST /api/v1/db/write`.
@@ -250,6 +257,12 @@ mod tests {
         round_trip(&ReadRequest {
             op: ReadOp::ListUsers,
             consistency: Some(Consistency::Stale),
+            min_index: None,
+        });
+        round_trip(&ReadRequest {
+            op: ReadOp::CountRides,
+            consistency: None,
+            min_index: Some(42),
         });
         round_trip(&WriteAck {
             index: 18,

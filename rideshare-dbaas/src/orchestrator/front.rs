@@ -1,6 +1,9 @@
 //! The front door: puts each write on the write queue and each read on the read queue, waits
 //! for the worker's reply, and tries again (same request id) through a failover. It keeps the
-//! acknowledged index, which a strong read asks its slave to have applied.
+//! highest log index its clients have seen (acknowledged writes, and the applied index of every
+//! read answered), which a strong read asks its slave to have applied: read-your-writes and
+//! monotonic reads for every client of this orchestrator. A client that goes through several
+//! orchestrators carries its own highest index (`Freshness::at_least`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +25,29 @@ use crate::protocol::{
 use crate::retry::RetryPolicy;
 use crate::rpc::RpcClient;
 
+/// What a read must see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Any caught-up replica's state will do; otherwise (strong) every index a client of this
+    /// orchestrator has seen is applied first.
+    pub stale: bool,
+    /// An index the caller has seen elsewhere (another orchestrator's answer): applied first too.
+    pub at_least: u64,
+}
+
+impl Freshness {
+    /// Sees every write acknowledged, and every state read, before it started.
+    pub const STRONG: Freshness = Freshness {
+        stale: false,
+        at_least: 0,
+    };
+    /// Any caught-up replica's state.
+    pub const STALE: Freshness = Freshness {
+        stale: true,
+        at_least: 0,
+    };
+}
+
 /// Immediate resends of one write on master changes, at most (a failover changes the master
 /// node two or three times).
 const MAX_REPUBLISH: u32 = 8;
@@ -34,8 +60,11 @@ pub(super) struct Front {
     /// The lines of calls to the write and the read queue, each sent in batches.
     writes: Batcher,
     reads: Batcher,
-    /// The highest log index acknowledged to a client: reads wait for it.
+    /// The highest log index acknowledged to a client (shown in the status).
     acked: AtomicU64,
+    /// The highest log index any client has seen: `acked`, raised by the applied index of every
+    /// read answered. Strong reads wait for it, so no read goes back behind an earlier one.
+    seen: AtomicU64,
     /// Every write holds it shared; a switchover takes it alone to hold new writes.
     write_gate: RwLock<()>,
     /// Bumped whenever the master node changes.
@@ -102,6 +131,7 @@ impl Front {
             writes: batcher(WRITE_QUEUE),
             reads: batcher(READ_QUEUE),
             acked: AtomicU64::new(acked),
+            seen: AtomicU64::new(acked),
             write_gate: RwLock::new(()),
             master_changes,
         }
@@ -151,6 +181,7 @@ impl Front {
             .await
             .map_err(Failure::into_error)?;
         self.acked.fetch_max(ack.index, Ordering::SeqCst);
+        self.seen.fetch_max(ack.index, Ordering::SeqCst);
         Ok(ack)
     }
 
@@ -191,24 +222,33 @@ impl Front {
         }
     }
 
-    /// Sends one read to a slave. Unless `stale`, the slave first applies every write
-    /// acknowledged so far.
+    /// Sends one read to a slave, which first applies the index `fresh` asks for.
     #[tracing::instrument(name = "db_read", skip_all, fields(
-        stale = stale,
+        stale = fresh.stale,
+        at_least = fresh.at_least,
         http_request = %current_request_id().unwrap_or_default(),
     ))]
-    pub(super) async fn read(&self, op: ReadOp, stale: bool) -> Result<ReadAnswer> {
-        let min_index = if stale { 0 } else { self.acked_index() };
+    pub(super) async fn read(&self, op: ReadOp, fresh: Freshness) -> Result<ReadAnswer> {
+        let seen = if fresh.stale {
+            0
+        } else {
+            self.seen.load(Ordering::SeqCst)
+        };
         let body = encode(&ReadRequest {
             v: VERSION,
             op,
-            min_index,
+            min_index: seen.max(fresh.at_least),
             trace: current_request_id(),
         });
-        self.retry
+        let answer = self
+            .retry
             .run(|| self.read_once(&body), Failure::is_retry)
             .await
-            .map_err(Failure::into_error)
+            .map_err(Failure::into_error)?;
+        // Only an index a replica has applied raises the floor: a client's `at_least` does
+        // not, or one client could hold every other client's reads waiting.
+        self.seen.fetch_max(answer.applied_index, Ordering::SeqCst);
+        Ok(answer)
     }
 
     async fn read_once(&self, body: &Bytes) -> std::result::Result<ReadAnswer, Failure> {

@@ -22,7 +22,7 @@ use rideshare_core::api::common::health_route;
 use rideshare_core::api::openapi::{openapi_route, EdgeResponses, Empty, ErrorBody};
 
 use super::api::{ReadAnswer, ReadRequest, WriteAck, WriteRequest};
-use super::{dashboard, status, switchover, Orchestrator};
+use super::{dashboard, status, switchover, Freshness, Orchestrator};
 use crate::error::Error;
 
 /// The orchestrator's OpenAPI document.
@@ -112,7 +112,19 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
             ))
         }
     };
-    let answer = o.client_read(op, stale).await.map_err(unavailable)?;
+    let at_least = match body.get("min_index") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or_default(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field \"min_index\" must be a non-negative integer (a log index)",
+            ))
+        }
+    };
+    let answer = o
+        .client_read(op, Freshness { stale, at_least })
+        .await
+        .map_err(unavailable)?;
     Ok(Json(answer).into_response())
 }
 

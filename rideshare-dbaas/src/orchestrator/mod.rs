@@ -45,6 +45,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::SnapshotDir;
 
 pub use api::{MemberInfo, ReadAnswer, WriteAck};
+pub use front::Freshness;
 use front::Front;
 use scaler::Scaler;
 use supervisor::Supervisor;
@@ -197,10 +198,9 @@ impl Orchestrator {
         self.front.write(request_id, op).await
     }
 
-    /// Sends one read to a slave. Unless `stale`, the slave first applies every write
-    /// acknowledged so far.
-    pub async fn read(&self, op: ReadOp, stale: bool) -> Result<ReadAnswer> {
-        self.front.read(op, stale).await
+    /// Sends one read to a slave, which first applies what `fresh` asks for.
+    pub async fn read(&self, op: ReadOp, fresh: Freshness) -> Result<ReadAnswer> {
+        self.front.read(op, fresh).await
     }
 
     /// A client's write (the HTTP API's, or an in-process service's): sent, counted in the
@@ -216,10 +216,10 @@ impl Orchestrator {
 
     /// A client's read: counted for the scaling policy, sent, counted in the telemetry, and a
     /// failure logged.
-    pub async fn client_read(&self, op: ReadOp, stale: bool) -> Result<ReadAnswer> {
+    pub async fn client_read(&self, op: ReadOp, fresh: Freshness) -> Result<ReadAnswer> {
         self.count_read();
-        let answer = self.read(op, stale).await;
-        self.telemetry.read(&answer, stale);
+        let answer = self.read(op, fresh).await;
+        self.telemetry.read(&answer, fresh.stale);
         if let Err(e) = &answer {
             tracing::warn!(error = %e, "database read failed");
         }

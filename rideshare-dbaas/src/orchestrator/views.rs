@@ -231,6 +231,7 @@ mod tests {
                 progress: applied.map(|applied_index| Progress {
                     applied_index,
                     epoch: 2,
+                    checksum: None,
                 }),
                 http: None,
                 catching_up: Some(CatchUpPlan { from: 0, to: 4 }),

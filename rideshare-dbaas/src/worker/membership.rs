@@ -8,7 +8,7 @@ use super::{duration_ms, tail, Shared, WorkerDeps};
 use crate::error::{Error, Result};
 use crate::policy::elect;
 use crate::protocol::{EntryBody, LogEntry, MasterRecord, MemberRecord, Progress, VERSION};
-use crate::registry::Registry;
+use crate::registry::{MasterClaim, Registry};
 
 impl Shared {
     /// Changes this worker's member record and writes it to its node.
@@ -100,6 +100,7 @@ pub(super) async fn publish_progress(
         let progress = Progress {
             applied_index: position.index,
             epoch: position.epoch,
+            checksum: position.checksum,
         };
         if published != Some(progress) {
             match shared
@@ -130,13 +131,14 @@ pub(super) async fn publish_progress(
     }
 }
 
-/// Takes part in elections until this worker wins one; returns its epoch.
+/// Takes part in elections until this worker wins one; returns its epoch and its claim on the
+/// master node.
 #[tracing::instrument(name = "election", skip_all, fields(worker = %shared.config.id))]
 pub(super) async fn elect_self(
     shared: &Shared,
     deps: &WorkerDeps,
     registry: &Registry,
-) -> Result<u64> {
+) -> Result<(u64, MasterClaim)> {
     loop {
         let (master, master_changed) = registry.master_watch().await?;
         if master.is_some() {
@@ -152,8 +154,8 @@ pub(super) async fn elect_self(
             .map(|m| m.member())
             .collect();
         if elect(&members, None).map(|m| &m.id) == Some(&shared.config.id) {
-            if let Some(epoch) = try_promote(shared, deps, registry).await? {
-                return Ok(epoch);
+            if let Some(elected) = try_promote(shared, deps, registry).await? {
+                return Ok(elected);
             }
         }
         tokio::select! {
@@ -169,7 +171,7 @@ async fn try_promote(
     shared: &Shared,
     deps: &WorkerDeps,
     registry: &Registry,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, MasterClaim)>> {
     let id = shared.config.id.clone();
     let pid = shared.config.pid;
     let record = MasterRecord {
@@ -178,15 +180,15 @@ async fn try_promote(
         epoch: 0,
         ready: false,
     };
-    if !registry.claim_master(&record).await? {
+    let Some(mut claim) = registry.claim_master(&record).await? else {
         return Ok(None);
-    }
+    };
     // Above every epoch already in the log, even if the coordinator lost its data.
     let applied_epoch = shared.position.borrow().epoch;
     let drawn = registry.next_epoch(applied_epoch + 1).await?;
     let epoch = drawn.number;
     let record = MasterRecord { epoch, ..record };
-    registry.set_master(&record, None).await?;
+    registry.set_master(&record, &mut claim).await?;
     shared.store.promote(epoch).await?;
     let marker = LogEntry {
         v: VERSION,
@@ -197,7 +199,7 @@ async fn try_promote(
     wait_for_marker(shared, epoch).await?;
     registry.prune_epochs(&drawn).await;
     tracing::info!(%id, pid, epoch, "became master");
-    Ok(Some(epoch))
+    Ok(Some((epoch, claim)))
 }
 
 /// Applying our own marker means every earlier entry is applied: we hold all acked writes.
@@ -217,12 +219,17 @@ async fn wait_for_marker(shared: &Shared, epoch: u64) -> Result<()> {
 }
 
 /// Marks this master ready in the master node, once it consumes the write queue.
-pub(super) async fn announce_ready(shared: &Shared, registry: &Registry, epoch: u64) -> Result<()> {
+pub(super) async fn announce_ready(
+    shared: &Shared,
+    registry: &Registry,
+    epoch: u64,
+    claim: &mut MasterClaim,
+) -> Result<()> {
     let ready = MasterRecord {
         id: shared.config.id.clone(),
         pid: shared.config.pid,
         epoch,
         ready: true,
     };
-    registry.set_master(&ready, None).await
+    registry.set_master(&ready, claim).await
 }

@@ -139,6 +139,9 @@ pub struct WorkerDeps {
 struct Position {
     index: u64,
     epoch: u64,
+    /// The state checksum's value at `index`, once known (from the first commit group applied,
+    /// or the snapshot installed).
+    checksum: Option<u64>,
 }
 
 /// State shared by a worker's tasks.
@@ -218,6 +221,7 @@ pub async fn run_worker_from(
         position: watch::channel(Position {
             index: start_index,
             epoch: start.epoch,
+            checksum: start.checksum.map(|c| c.value()),
         })
         .0,
         waiters: tail::Waiters::default(),

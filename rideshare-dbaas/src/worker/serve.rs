@@ -13,7 +13,7 @@ use crate::protocol::{
     decode_versioned, encode, is_batch, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role,
     Versioned, WriteRequest, READ_QUEUE, VERSION, WRITE_QUEUE,
 };
-use crate::registry::Registry;
+use crate::registry::{MasterClaim, Registry};
 
 /// Serves as a slave until elected, then as master until something ends it.
 pub(super) async fn serve_roles(
@@ -24,7 +24,7 @@ pub(super) async fn serve_roles(
 ) -> Result<()> {
     let mut reads = tokio::spawn(serve_reads(Arc::clone(&shared), Arc::clone(&deps.broker)));
     let _abort_reads = AbortOnDrop(reads.abort_handle());
-    let epoch = tokio::select! {
+    let (epoch, claim) = tokio::select! {
         elected = membership::elect_self(&shared, &deps, &registry) => elected?,
         // A slave whose read consumer is gone (broker restarted) is of no use: stop, and be
         // replaced by a fresh worker that subscribes again.
@@ -40,7 +40,7 @@ pub(super) async fn serve_roles(
         .update_member(&registry, &member_path, |m| m.role = Role::Master)
         .await?;
     metrics::gauge!("rideshare_worker_is_master", "worker" => shared.config.id.clone()).set(1.0);
-    serve_writes(shared, deps, registry, epoch).await
+    serve_writes(shared, deps, registry, epoch, claim).await
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -196,6 +196,7 @@ async fn serve_writes(
     deps: WorkerDeps,
     registry: Registry,
     epoch: u64,
+    mut claim: MasterClaim,
 ) -> Result<()> {
     // Newer epochs consume at higher priority: a frozen older master's subscription gets no
     // new writes while this one has room.
@@ -204,7 +205,7 @@ async fn serve_writes(
         .broker
         .consume_prioritized(WRITE_QUEUE, shared.config.write_prefetch, priority)
         .await?;
-    membership::announce_ready(&shared, &registry, epoch).await?;
+    membership::announce_ready(&shared, &registry, epoch, &mut claim).await?;
     let mut handlers = JoinSet::new();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;

@@ -145,6 +145,7 @@ fn announce(shared: &Shared, group: Group) -> Result<()> {
     shared.position.send_replace(Position {
         index: group.last,
         epoch: group.epoch,
+        checksum: Some(group.checksum.value()),
     });
     // Labelled by worker: in `rideshare up` every worker shares the process's registry.
     let worker = shared.config.id.clone();

@@ -410,6 +410,16 @@ impl Session for ZkSession {
         self.call("delete", path, fut).await
     }
 
+    async fn delete_at(&self, path: &str, version: i32) -> Result<()> {
+        let fut = async {
+            self.client
+                .delete(path, Some(version))
+                .await
+                .map_err(|e| zk_error("delete", path, e))
+        };
+        self.call("delete", path, fut).await
+    }
+
     async fn children(&self, path: &str) -> Result<Vec<String>> {
         self.call("children", path, self.children_inner(path)).await
     }

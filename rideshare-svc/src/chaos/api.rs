@@ -95,6 +95,7 @@ impl Api {
                 &ReadRequest {
                     op: op.clone(),
                     consistency: None,
+                    min_index: None,
                 },
             )
             .await
