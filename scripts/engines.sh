@@ -7,6 +7,10 @@
 #   scripts/engines.sh stop    stop what `start` started
 #   scripts/engines.sh status
 #   scripts/engines.sh restart-zk | restart-rabbitmq   (fault injection, for `rideshare chaos`)
+#   scripts/engines.sh kill-zk | kill-rabbitmq         SIGKILL the engine `start` started
+#   scripts/engines.sh start-zk | start-rabbitmq       start one engine again (after a kill)
+#   scripts/engines.sh can <action>                    whether <action> can act on the running
+#                                                      engines (exit 1 and why, on stderr)
 #   scripts/engines.sh start-cluster | stop-cluster | status-cluster | kill-rabbitmq-node N | ...
 #       the clustered engines (3 RabbitMQ nodes, a 3-server ZooKeeper ensemble) on other ports:
 #       see scripts/engines-cluster.sh
@@ -32,6 +36,22 @@ install_missing() {
 }
 
 rabbit_up() { rabbitmqctl -q status >/dev/null 2>&1; }
+# The OS pid of RabbitMQ's Erlang VM (beam), asked of the node itself.
+rabbit_pid() { rabbitmqctl -q eval 'os:getpid().' 2>/dev/null | tr -dc 0-9; }
+zk_started_here() { [ -f "$STATE_DIR/zk/zk.pid" ] && kill -0 "$(cat "$STATE_DIR/zk/zk.pid")" 2>/dev/null; }
+# Whether `action` can act on the engines as they run now; why not on stderr.
+can() {
+  case "${1:-}" in
+    restart-zk|kill-zk)
+      zk_started_here || die "ZooKeeper on 127.0.0.1:$ZK_PORT was not started by scripts/engines.sh (no live $STATE_DIR/zk/zk.pid)" ;;
+    start-zk) [ -x "$ZK_BIN/zkServer.sh" ] || die "ZooKeeper is not installed ($ZK_BIN/zkServer.sh)" ;;
+    restart-rabbitmq) rabbit_up || die "rabbitmqctl cannot reach a RabbitMQ node" ;;
+    kill-rabbitmq|start-rabbitmq)
+      { [ -f "$STATE_DIR/rabbit.started" ] && rabbit_up; } \
+        || die "RabbitMQ was not started by scripts/engines.sh (no $STATE_DIR/rabbit.started), or is down" ;;
+    *) die "can: unknown action ${1:-}" ;;
+  esac
+}
 zk_up() {
   # ZooKeeper answers `imok` without a newline and closes: read hits EOF, the answer is still set.
   (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf 'ruok' >&3 && { read -r -t 2 answer <&3 || true; } && [ "${answer:-}" = imok ]) 2>/dev/null
@@ -94,6 +114,34 @@ case "${1:-}" in
     rm -f "$STATE_DIR/zk/zk.pid"
     start_zk
     ;;
+  kill-zk)
+    # For fault injection: SIGKILL ZooKeeper (as started by `start`); `start-zk` starts it again.
+    can kill-zk
+    pid=$(cat "$STATE_DIR/zk/zk.pid")
+    kill -9 "$pid"
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$STATE_DIR/zk/zk.pid"
+    ;;
+  start-zk)
+    mkdir -p "$STATE_DIR"
+    start_zk
+    ;;
+  kill-rabbitmq)
+    # For fault injection: SIGKILL RabbitMQ's Erlang VM (as started by `start`): no shutdown at
+    # all. `start-rabbitmq` starts it again.
+    can kill-rabbitmq
+    pid=$(rabbit_pid)
+    [ -n "$pid" ] || die "cannot find RabbitMQ's OS pid"
+    kill -9 "$pid"
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    ;;
+  start-rabbitmq)
+    mkdir -p "$STATE_DIR"
+    start_rabbit
+    ;;
+  can)
+    can "${2:-}"
+    ;;
   restart-rabbitmq)
     # For fault injection: stop the RabbitMQ application and start it again (data is kept).
     rabbitmqctl -q stop_app >/dev/null
@@ -111,5 +159,5 @@ case "${1:-}" in
     install_missing
     exec "$(dirname "$0")/engines-cluster.sh" "$@"
     ;;
-  *) die "usage: $0 start|stop|status|restart-zk|restart-rabbitmq, or a cluster subcommand (scripts/engines-cluster.sh)" ;;
+  *) die "usage: $0 start|stop|status|restart-zk|restart-rabbitmq|kill-zk|kill-rabbitmq|start-zk|start-rabbitmq|can <action>, or a cluster subcommand (scripts/engines-cluster.sh)" ;;
 esac

@@ -25,6 +25,16 @@ pub struct Load {
     clients: JoinSet<()>,
 }
 
+/// Where operations made outside the clients (the mid-burst kill's writes) are recorded.
+#[derive(Clone, Default)]
+pub struct Recorder(History);
+
+impl Recorder {
+    pub fn push(&self, event: Event) {
+        self.0.lock().push(event);
+    }
+}
+
 /// How the operations recorded so far ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -53,6 +63,10 @@ impl Load {
             stop,
             clients: set,
         }
+    }
+
+    pub fn recorder(&self) -> Recorder {
+        Recorder(Arc::clone(&self.history))
     }
 
     pub fn counts(&self) -> Counts {

@@ -1,5 +1,8 @@
-//! Commands the run starts that have no client library (the engine restarts).
+//! Commands the run starts that have no client library (the engine restarts and kills).
 
+use std::fmt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,23 +25,77 @@ impl std::str::FromStr for CommandLine {
     }
 }
 
+impl fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            shlex::try_join(self.0.iter().map(String::as_str)).unwrap_or_default()
+        )
+    }
+}
+
 impl CommandLine {
     /// Runs it to its end (off the async threads: an engine restart takes seconds) and returns
     /// how long it took.
     pub async fn run(&self) -> anyhow::Result<Duration> {
         let words = self.0.clone();
         let started = Instant::now();
-        let status = tokio::task::spawn_blocking(move || {
-            Command::new(&words[0])
-                .args(&words[1..])
-                .stdout(Stdio::null())
-                .status()
-        })
-        .await?
-        .with_context(|| format!("cannot run {:?}", self.0))?;
-        anyhow::ensure!(status.success(), "{:?} failed: {status}", self.0);
+        let status = tokio::task::spawn_blocking(move || command(&words).status())
+            .await?
+            .with_context(|| format!("cannot run `{self}`"))?;
+        anyhow::ensure!(status.success(), "`{self}` failed: {status}");
         Ok(started.elapsed())
     }
+
+    /// The same, for a `Drop` (blocking, no runtime needed).
+    pub fn run_blocking(&self) -> anyhow::Result<()> {
+        let status = command(&self.0)
+            .status()
+            .with_context(|| format!("cannot run `{self}`"))?;
+        anyhow::ensure!(status.success(), "`{self}` failed: {status}");
+        Ok(())
+    }
+
+    /// Whether the command can be run at all, before the run needs it: its program exists,
+    /// and `scripts/engines.sh` (which knows which engines it started) says it can do this
+    /// (`engines.sh can <action>`). The error says why not.
+    pub fn preflight(&self) -> anyhow::Result<()> {
+        let program = Path::new(&self.0[0]);
+        let found = if program.components().count() > 1 {
+            program.is_file()
+        } else {
+            std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+        };
+        anyhow::ensure!(found, "`{self}`: {} not found", program.display());
+        if program.file_name().is_some_and(|name| name == "engines.sh") {
+            let output = Command::new(program)
+                .arg("can")
+                .args(&self.0[1..])
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run `{self}`"))?;
+            anyhow::ensure!(
+                output.status.success(),
+                "`{self}` cannot: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A command of its own process group: a Ctrl-C at the terminal reaches the run, which undoes
+/// what it did, and not an engine restart half way through (nor the engine it starts).
+fn command(words: &[String]) -> Command {
+    let mut command = Command::new(&words[0]);
+    command
+        .args(&words[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0);
+    command
 }
 
 #[cfg(test)]
@@ -68,5 +125,13 @@ mod tests {
         let failing: CommandLine = "false".parse().unwrap_or_else(|e| panic!("{e}"));
         assert!(ok.run().await.is_ok());
         assert!(failing.run().await.is_err());
+        assert!(ok.preflight().is_ok());
+        let absent: CommandLine = "/nonexistent/kill-engine now"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(absent
+            .preflight()
+            .is_err_and(|e| e.to_string().contains("not found")));
+        assert_eq!(absent.to_string(), "/nonexistent/kill-engine now");
     }
 }

@@ -1,18 +1,23 @@
 //! The faults: each kind, how it is injected, and what was done (or why it was not).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
 use rideshare_core::Username;
+use rideshare_dbaas::checker::{Completion, Event, Operation};
 use rideshare_dbaas::log::Log;
-use rideshare_dbaas::protocol::{encode, EntryBody, LogEntry, MasterRecord, VERSION};
+use rideshare_dbaas::protocol::{encode, EntryBody, LogEntry, Role, VERSION};
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use super::api::{Api, CrashTarget};
+use super::clients::Recorder;
 use super::command::CommandLine;
-use super::namespace::Namespace;
+use super::namespace::{Namespace, Undo};
 use super::observe::Observer;
 use super::wait_for;
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
@@ -33,10 +38,42 @@ pub enum Fault {
     /// current master's, appended to the run's log after that master's marker. Every replica
     /// must leave it without effect (fencing); the checker reports it if one applied it.
     LateAppend,
+    /// SIGKILL of RabbitMQ's Erlang VM (`--kill-rabbitmq-cmd`), no shutdown at all; started
+    /// again (`--start-rabbitmq-cmd`) after `--engine-down-for`.
+    KillRabbitmq,
+    /// SIGKILL of ZooKeeper (`--kill-zk-cmd`), started again (`--start-zk-cmd`) after
+    /// `--engine-down-for`.
+    KillZookeeper,
+    /// A slave frozen past its session timeout, then resumed: it must come back or be
+    /// replaced, and never answer from a state older than what a client has seen.
+    PauseSlave,
+    /// A burst of concurrent writes (recorded in the history like the clients'), and the
+    /// orchestrator SIGKILLed while they are in flight, then started again: their outcomes are
+    /// unknown, and none may be lost or applied twice.
+    KillOrchestratorMidBurst,
+}
+
+impl Fault {
+    /// The key its change outside the run is undone under (see `Namespace::arm`).
+    fn key(self) -> &'static str {
+        match self {
+            Fault::KillRabbitmq => "kill-rabbitmq",
+            Fault::KillZookeeper => "kill-zookeeper",
+            Fault::PauseSlave => "pause-slave",
+            Fault::PauseMaster => "pause-master",
+            _ => "other",
+        }
+    }
 }
 
 /// Reads the scale fault sends at once: past what one slave serves in a window during the run.
 const READ_BURST: u32 = 60;
+
+/// Writes in flight when the orchestrator is killed mid-burst.
+const WRITE_BURST: usize = 32;
+
+/// The history's client ids of the burst's writes: `BURST_CLIENT + n`, apart from the clients'.
+const BURST_CLIENT: usize = 10_000;
 
 /// A fault that was injected, with what it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +110,33 @@ pub enum Injected {
     LateAppend {
         epoch: u64,
         after_epoch: u64,
+    },
+    /// `killed`: how long the kill command took; `down_for`: from the kill to the start
+    /// command; `start_took`: the start command, until the engine answered.
+    KilledEngine {
+        engine: &'static str,
+        killed: Duration,
+        down_for: Duration,
+        start_took: Duration,
+    },
+    /// `back_after`: from the resume until the orchestrator listed as many workers as before
+    /// the pause (the slave itself or its replacement); `None` if not within 60 s.
+    PausedSlave {
+        id: String,
+        pid: u32,
+        paused_for: Duration,
+        resumed: bool,
+        back_after: Option<Duration>,
+    },
+    KilledOrchestratorMidBurst {
+        killed_pid: u32,
+        new_pid: u32,
+        writes: usize,
+        /// Answered before the kill.
+        acked_before_kill: usize,
+        acked: usize,
+        failed: usize,
+        unknown: usize,
     },
 }
 
@@ -129,6 +193,40 @@ impl fmt::Display for Injected {
                 "{reads} extra reads, {answered} answered (scale out at the window's end, back \
                  in after)"
             ),
+            Injected::KilledEngine {
+                engine,
+                killed,
+                down_for,
+                start_took,
+            } => write!(
+                f,
+                "kill -9 {engine} (in {killed:?}), down {down_for:?}, started again in {start_took:?}"
+            ),
+            Injected::PausedSlave {
+                id,
+                pid,
+                paused_for,
+                resumed,
+                back_after,
+            } => write!(
+                f,
+                "paused slave {id} (pid {pid}) for {paused_for:?}, resumed: {resumed}, workers \
+                 back after {back_after:?}"
+            ),
+            Injected::KilledOrchestratorMidBurst {
+                killed_pid,
+                new_pid,
+                writes,
+                acked_before_kill,
+                acked,
+                failed,
+                unknown,
+            } => write!(
+                f,
+                "kill -9 orchestrator {killed_pid} with {writes} writes in flight ({acked_before_kill} \
+                 answered before), restarted as {new_pid}; {acked} acknowledged, {failed} failed, \
+                 {unknown} unknown"
+            ),
         }
     }
 }
@@ -153,22 +251,43 @@ enum Freezer {
 }
 
 impl Freezer {
-    async fn freeze(&self, master: &MasterRecord) -> anyhow::Result<()> {
+    /// Freezes worker `id` (pid `pid`), noting in `ns` how to thaw it if the run ends first.
+    async fn freeze(
+        &self,
+        ns: &Namespace,
+        key: &'static str,
+        id: &str,
+        pid: u32,
+    ) -> anyhow::Result<()> {
         match self {
-            Freezer::Docker(docker) => Ok(docker.pause(&master.id).await?),
-            Freezer::Process => signal(master.pid, rustix::process::Signal::STOP),
+            Freezer::Docker(docker) => {
+                ns.arm(key, Undo::Unpause { id: id.to_owned() });
+                Ok(docker.pause(id).await?)
+            }
+            Freezer::Process => {
+                ns.arm(key, Undo::Continue { pid });
+                signal(pid, rustix::process::Signal::STOP)
+            }
         }
     }
 
-    async fn thaw(&self, master: &MasterRecord) -> anyhow::Result<()> {
-        match self {
-            Freezer::Docker(docker) => Ok(docker.unpause(&master.id).await?),
-            Freezer::Process => signal(master.pid, rustix::process::Signal::CONT),
-        }
+    async fn thaw(
+        &self,
+        ns: &Namespace,
+        key: &'static str,
+        id: &str,
+        pid: u32,
+    ) -> anyhow::Result<()> {
+        let thawed = match self {
+            Freezer::Docker(docker) => Ok(docker.unpause(id).await?),
+            Freezer::Process => signal(pid, rustix::process::Signal::CONT),
+        };
+        ns.disarm(key);
+        thawed
     }
 }
 
-fn signal(pid: u32, signal: rustix::process::Signal) -> anyhow::Result<()> {
+pub(super) fn signal(pid: u32, signal: rustix::process::Signal) -> anyhow::Result<()> {
     let pid = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -186,8 +305,21 @@ pub struct Injector<'a> {
     session_timeout: Duration,
     restart_rabbitmq: &'a CommandLine,
     restart_zk: &'a CommandLine,
+    engines: EngineKills<'a>,
     /// The run's RabbitMQ virtual host, for the late append.
     amqp: String,
+    /// The clients' history, where the mid-burst kill records its writes.
+    history: Recorder,
+}
+
+/// Commands that kill an engine and start it again, and how long it stays down.
+#[derive(Clone, Copy)]
+pub struct EngineKills<'a> {
+    pub kill_rabbitmq: &'a CommandLine,
+    pub start_rabbitmq: &'a CommandLine,
+    pub kill_zk: &'a CommandLine,
+    pub start_zk: &'a CommandLine,
+    pub down_for: Duration,
 }
 
 pub struct Setup<'a> {
@@ -195,6 +327,35 @@ pub struct Setup<'a> {
     pub session_timeout: Duration,
     pub restart_rabbitmq: &'a CommandLine,
     pub restart_zk: &'a CommandLine,
+    pub engines: EngineKills<'a>,
+    pub history: Recorder,
+}
+
+impl Setup<'_> {
+    /// The commands `faults` need, each with the flag that sets it.
+    pub fn commands(&self, faults: &[Fault]) -> Vec<(&'static str, &CommandLine)> {
+        let mut needed = Vec::new();
+        for fault in faults {
+            match fault {
+                Fault::RestartRabbitmq => {
+                    needed.push(("--restart-rabbitmq-cmd", self.restart_rabbitmq));
+                }
+                Fault::RestartZookeeper => needed.push(("--restart-zk-cmd", self.restart_zk)),
+                Fault::KillRabbitmq => {
+                    needed.push(("--kill-rabbitmq-cmd", self.engines.kill_rabbitmq));
+                    needed.push(("--start-rabbitmq-cmd", self.engines.start_rabbitmq));
+                }
+                Fault::KillZookeeper => {
+                    needed.push(("--kill-zk-cmd", self.engines.kill_zk));
+                    needed.push(("--start-zk-cmd", self.engines.start_zk));
+                }
+                _ => {}
+            }
+        }
+        needed.sort_by_key(|(flag, _)| *flag);
+        needed.dedup_by_key(|(flag, _)| *flag);
+        needed
+    }
 }
 
 impl<'a> Injector<'a> {
@@ -223,7 +384,9 @@ impl<'a> Injector<'a> {
             session_timeout: setup.session_timeout,
             restart_rabbitmq: setup.restart_rabbitmq,
             restart_zk: setup.restart_zk,
+            engines: setup.engines,
             amqp: ns.amqp().to_owned(),
+            history: setup.history,
         })
     }
 
@@ -238,7 +401,7 @@ impl<'a> Injector<'a> {
                     new_pid,
                 })
             }
-            Fault::PauseMaster => self.pause_master().await,
+            Fault::PauseMaster => self.pause_master(ns).await,
             Fault::RestartRabbitmq => Ok(Injected::RestartedRabbitmq {
                 took: self.restart_rabbitmq.run().await?,
             }),
@@ -247,7 +410,141 @@ impl<'a> Injector<'a> {
             }),
             Fault::Scale => Ok(self.read_burst().await),
             Fault::LateAppend => self.late_append().await,
+            Fault::KillRabbitmq => {
+                let e = self.engines;
+                self.kill_engine(ns, fault, "RabbitMQ", e.kill_rabbitmq, e.start_rabbitmq)
+                    .await
+            }
+            Fault::KillZookeeper => {
+                let e = self.engines;
+                self.kill_engine(ns, fault, "ZooKeeper", e.kill_zk, e.start_zk)
+                    .await
+            }
+            Fault::PauseSlave => self.pause_slave(ns).await,
+            Fault::KillOrchestratorMidBurst => self.kill_orchestrator_mid_burst(ns).await,
         }
+    }
+
+    /// Kills an engine, leaves it down a moment and starts it again. Armed in `ns` from
+    /// before the kill: a run that ends meanwhile starts the engine again on its way out.
+    async fn kill_engine(
+        &self,
+        ns: &Namespace,
+        fault: Fault,
+        engine: &'static str,
+        kill: &CommandLine,
+        start: &CommandLine,
+    ) -> Result<Injected, FaultError> {
+        ns.arm(fault.key(), Undo::Start(start.clone()));
+        let killed_at = Instant::now();
+        let killed = kill.run().await?;
+        tokio::time::sleep(self.engines.down_for).await;
+        let down_for = killed_at.elapsed();
+        let start_took = start.run().await?;
+        ns.disarm(fault.key());
+        Ok(Injected::KilledEngine {
+            engine,
+            killed,
+            down_for,
+            start_took,
+        })
+    }
+
+    /// Freezes a slave past its session timeout and resumes it; then waits until the
+    /// orchestrator lists as many workers as before (it came back, or was replaced).
+    async fn pause_slave(&self, ns: &Namespace) -> Result<Injected, FaultError> {
+        let members = self.observer.members().await;
+        // A serving slave (one that has published its progress) if there is one.
+        let slaves = || members.iter().filter(|m| m.role == Role::Slave);
+        let slave = slaves()
+            .find(|m| m.progress.is_some())
+            .or_else(|| slaves().next())
+            .ok_or_else(|| FaultError::NotInjected("no slave to pause".into()))?;
+        let (id, pid) = (slave.id.clone(), slave.pid);
+        let before = self.api.pids().await.unwrap_or_default().len();
+        let key = Fault::PauseSlave.key();
+        self.freezer.freeze(ns, key, &id, pid).await?;
+        let paused_for = self.session_timeout * 3;
+        tokio::time::sleep(paused_for).await;
+        let resumed = match self.freezer.thaw(ns, key, &id, pid).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(worker = %id, error = %e, "cannot resume the paused slave");
+                false
+            }
+        };
+        let thawed = Instant::now();
+        let back = wait_for(Duration::from_secs(60), || async {
+            self.api.pids().await.is_some_and(|p| p.len() >= before)
+        })
+        .await;
+        Ok(Injected::PausedSlave {
+            id,
+            pid,
+            paused_for,
+            resumed,
+            back_after: back.then(|| thawed.elapsed()),
+        })
+    }
+
+    /// Starts a burst of writes, kills the orchestrator once the first is answered (or after
+    /// 100 ms), starts it again, and waits for every write's outcome.
+    async fn kill_orchestrator_mid_burst(
+        &self,
+        ns: &mut Namespace,
+    ) -> Result<Injected, FaultError> {
+        let burst = rand::random::<u32>();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut writes = JoinSet::new();
+        for n in 0..WRITE_BURST {
+            let (api, history, answered) = (
+                self.api.clone(),
+                self.history.clone(),
+                Arc::clone(&answered),
+            );
+            writes.spawn(async move {
+                let request_id = RequestId(format!("burst-{burst:08x}-{n}"));
+                let op = WriteOp::AddUser {
+                    username: Username::parse(&format!("b{burst:08x}-{n}"))
+                        .unwrap_or_else(|_| unreachable!()),
+                    password_hash: "$argon2id$chaos".into(),
+                };
+                let invoked_ms = api.ms();
+                let completion = api.write(&request_id, &op).await;
+                answered.fetch_add(1, AtomicOrdering::SeqCst);
+                history.push(Event {
+                    client: BURST_CLIENT + n,
+                    operation: Operation::Write { request_id, op },
+                    invoked_ms,
+                    completed_ms: api.ms(),
+                    completion: completion.clone(),
+                });
+                completion
+            });
+        }
+        let _ = wait_for(Duration::from_millis(100), || async {
+            answered.load(AtomicOrdering::SeqCst) > 0
+        })
+        .await;
+        let acked_before_kill = answered.load(AtomicOrdering::SeqCst);
+        let (killed_pid, new_pid) = ns.restart_orchestrator().await?;
+        let (mut acked, mut failed, mut unknown) = (0, 0, 0);
+        while let Some(done) = writes.join_next().await {
+            match done.context("a burst write panicked")? {
+                Completion::Written { .. } => acked += 1,
+                Completion::Failed { .. } => failed += 1,
+                _ => unknown += 1,
+            }
+        }
+        Ok(Injected::KilledOrchestratorMidBurst {
+            killed_pid,
+            new_pid,
+            writes: WRITE_BURST,
+            acked_before_kill,
+            acked,
+            failed,
+            unknown,
+        })
     }
 
     async fn crash_master(&self) -> Result<Injected, FaultError> {
@@ -282,16 +579,17 @@ impl<'a> Injector<'a> {
 
     /// Freezes the master past its session timeout: its nodes expire and a slave takes over
     /// while it is frozen; then it resumes, a zombie that must not acknowledge anything.
-    async fn pause_master(&self) -> Result<Injected, FaultError> {
+    async fn pause_master(&self, ns: &Namespace) -> Result<Injected, FaultError> {
         let master = self
             .observer
             .master()
             .await
             .ok_or_else(|| FaultError::NotInjected("no master to pause".into()))?;
-        self.freezer.freeze(&master).await?;
+        let key = Fault::PauseMaster.key();
+        self.freezer.freeze(ns, key, &master.id, master.pid).await?;
         let paused_for = self.session_timeout * 3;
         tokio::time::sleep(paused_for).await;
-        let resumed = match self.freezer.thaw(&master).await {
+        let resumed = match self.freezer.thaw(ns, key, &master.id, master.pid).await {
             Ok(()) => true,
             Err(e) => {
                 // Replaced (and removed) while frozen, most likely: still a fault injected.

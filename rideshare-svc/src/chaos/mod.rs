@@ -18,6 +18,7 @@ mod check;
 mod clients;
 mod command;
 mod faults;
+mod history;
 mod namespace;
 mod observe;
 mod report;
@@ -31,12 +32,13 @@ use rideshare_core::ops::RequestId;
 use rideshare_dbaas::checker::{Completion, Event};
 
 use self::api::Api;
-use self::clients::{probe, Load};
+use self::clients::{probe, Load, Recorder};
 pub use self::command::CommandLine;
 pub use self::faults::Fault;
-use self::faults::{FaultError, Injector, Setup};
+use self::faults::{EngineKills, FaultError, Injector, Setup};
+use self::history::Injection;
 use self::namespace::{Namespace, Settings};
-use self::observe::Observer;
+use self::observe::{Observer, Tracker};
 use self::report::Record;
 use crate::args::RuntimeKind;
 
@@ -89,9 +91,39 @@ pub struct ChaosArgs {
     /// Command that restarts ZooKeeper (split into words like a shell would, run without one).
     #[arg(long, default_value = "scripts/engines.sh restart-zk")]
     pub restart_zk_cmd: CommandLine,
+    /// Command that SIGKILLs RabbitMQ (kill-rabbitmq fault), like `--restart-rabbitmq-cmd`.
+    #[arg(long, default_value = "scripts/engines.sh kill-rabbitmq")]
+    pub kill_rabbitmq_cmd: CommandLine,
+    /// Command that starts RabbitMQ again after `--kill-rabbitmq-cmd`, and returns once it
+    /// answers; also run on the way out if the run ends while RabbitMQ is down.
+    #[arg(long, default_value = "scripts/engines.sh start-rabbitmq")]
+    pub start_rabbitmq_cmd: CommandLine,
+    /// Command that SIGKILLs ZooKeeper (kill-zookeeper fault).
+    #[arg(long, default_value = "scripts/engines.sh kill-zk")]
+    pub kill_zk_cmd: CommandLine,
+    /// Command that starts ZooKeeper again after `--kill-zk-cmd`, and returns once it
+    /// answers; also run on the way out if the run ends while ZooKeeper is down.
+    #[arg(long, default_value = "scripts/engines.sh start-zk")]
+    pub start_zk_cmd: CommandLine,
+    /// How long a killed engine stays down before it is started again.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub engine_down_for: Duration,
     /// Seed of the clients' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The share of operations invoked outside fault windows that must succeed (a write
+    /// acknowledged, a read answered), else the run fails. A fault's window runs from its
+    /// injection to the first acknowledged write invoked after it, at most
+    /// `--fault-recovery-bound` past the injection's end.
+    #[arg(long, default_value_t = 0.9)]
+    pub progress_floor: f64,
+    /// See `--progress-floor`.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub fault_recovery_bound: Duration,
+    /// How often the workers' member records are read from ZooKeeper during the run (every
+    /// digest seen is compared with the log afterwards).
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    pub observe_interval: Duration,
     /// Workers write a snapshot every this many log entries: small, so that a run writes
     /// several and every replacement installs one (0: none).
     #[arg(long, default_value_t = 300)]
@@ -99,17 +131,62 @@ pub struct ChaosArgs {
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     tokio::select! {
         result = run_in_namespace(&args) => result,
-        // Ctrl-C drops the run like any other end, so its guard removes what it started.
+        // Ctrl-C, SIGTERM (a CI timeout) and SIGHUP drop the run like any other end, so its
+        // guard removes what it started.
         signal = tokio::signal::ctrl_c() => {
             signal?;
             bail!("interrupted")
         }
+        _ = terminate.recv() => bail!("terminated (SIGTERM)"),
+        _ = hangup.recv() => bail!("hung up (SIGHUP)"),
     }
 }
 
+/// The fault schedule's setup; `history` is where the mid-burst kill records its writes.
+fn setup(args: &ChaosArgs, history: Recorder) -> Setup<'_> {
+    Setup {
+        runtime: args.runtime,
+        session_timeout: args.zk_session_timeout,
+        restart_rabbitmq: &args.restart_rabbitmq_cmd,
+        restart_zk: &args.restart_zk_cmd,
+        engines: EngineKills {
+            kill_rabbitmq: &args.kill_rabbitmq_cmd,
+            start_rabbitmq: &args.start_rabbitmq_cmd,
+            kill_zk: &args.kill_zk_cmd,
+            start_zk: &args.start_zk_cmd,
+            down_for: args.engine_down_for,
+        },
+        history,
+    }
+}
+
+/// Before anything is started: every command the faults asked for can run (the engines were
+/// started by `scripts/engines.sh`, or commands were given that act on them).
+fn preflight(args: &ChaosArgs) -> anyhow::Result<()> {
+    let setup = setup(args, Recorder::default());
+    let mut missing = Vec::new();
+    for (flag, command) in setup.commands(&args.faults) {
+        if let Err(e) = command.preflight() {
+            missing.push(format!("{flag}: {e:#}"));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the faults asked for need commands that cannot run here:\n  {}\nGive commands that \
+             act on these engines with the flags above, or leave those faults out of --faults.",
+            missing.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
+    preflight(args)?;
     let mut ns = Namespace::create(&settings(args))?;
     println!(
         "chaos: namespace {} (logs in {})",
@@ -118,14 +195,26 @@ async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
     );
     let api = Api::new(ns.orchestrator_addr(), ns.admin_token())?;
     let observer = Observer::new(ns.zk());
+    let tracker = Tracker::start(ns.zk(), args.observe_interval);
     await_first_write(&api, &ns).await?;
     let load = Load::start(&api, args.clients, args.seed);
     let started = Instant::now();
     let mut record = inject_faults(args, &mut ns, &api, &observer, &load, started).await?;
     let events = settle(&api, load, started).await?;
-    let checked =
-        check::check_run(ns.amqp(), &observer, ns.work_dir(), &events, &mut record).await?;
-    let figures = report::figures(&events, checked, record, started.elapsed());
+    let checked = check::check_run(
+        ns.amqp(),
+        &observer,
+        tracker,
+        ns.work_dir(),
+        &events,
+        &mut record,
+    )
+    .await?;
+    let bounds = report::Bounds {
+        progress_floor: args.progress_floor,
+        recovery_bound: args.fault_recovery_bound,
+    };
+    let figures = report::figures(&events, checked, record, &bounds, started.elapsed());
     ns.stop_orchestrator();
     report::publish(&figures, args.json.as_deref())?;
     report::verdict(&figures, &args.faults)
@@ -170,12 +259,7 @@ async fn inject_faults(
     load: &Load,
     started: Instant,
 ) -> anyhow::Result<Record> {
-    let setup = Setup {
-        runtime: args.runtime,
-        session_timeout: args.zk_session_timeout,
-        restart_rabbitmq: &args.restart_rabbitmq_cmd,
-        restart_zk: &args.restart_zk_cmd,
-    };
+    let setup = setup(args, load.recorder());
     let injector = Injector::new(setup, ns, api, observer).await?;
     let mut record = Record::default();
     for fault in args.faults.iter().copied().cycle() {
@@ -185,10 +269,14 @@ async fn inject_faults(
         tokio::time::sleep(args.fault_interval).await;
         let at_ms = api.ms();
         let outcome = injector.inject(fault, ns).await;
+        let span = Injection {
+            start_ms: at_ms,
+            injected_ms: api.ms(),
+        };
         record.note_catch_ups(&observer.members().await);
         let what = match outcome {
             Ok(injected) => {
-                record.note_injected(fault, at_ms, &injected);
+                record.note_injected(fault, span, &injected);
                 injected.to_string()
             }
             Err(FaultError::NotInjected(reason)) => reason,

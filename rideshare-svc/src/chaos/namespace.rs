@@ -1,15 +1,24 @@
 //! The run's namespace: a RabbitMQ virtual host, a ZooKeeper chroot, an admin token, and the
 //! orchestrator process started in them. Dropping the [`Namespace`] removes everything the run
-//! started (orchestrator, worker containers, chroot, vhost), whichever way the run ends.
+//! started (orchestrator, worker containers, chroot, vhost), whichever way the run ends, and
+//! first undoes what a fault cut short had changed (an engine it killed is started again, a
+//! frozen worker thawed).
+//!
+//! The orchestrator is started under `setpriv --pdeathsig KILL` when `setpriv` is there: the
+//! kernel kills it if this process dies without running its `Drop` (SIGKILL, abort).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use anyhow::Context;
 use rideshare_dbaas::coord::{Coordinator, Session};
 
+use super::command::CommandLine;
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
 use crate::adapters::zk::ZkCoordinator;
 use crate::args::{OrchestratorArgs, RuntimeKind, ADMIN_TOKEN_ENV, AMQP_URL_ENV};
@@ -37,6 +46,21 @@ pub struct Namespace {
     work_dir: PathBuf,
     orchestrator: OrchestratorArgs,
     child: Option<Child>,
+    /// What faults under way have changed outside the run, by fault: undone if the run ends
+    /// before they do.
+    undo: Mutex<BTreeMap<&'static str, Undo>>,
+}
+
+/// A change a fault makes outside the run, and how it is put back.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// An engine the run stopped: the command that starts it again.
+    Start(CommandLine),
+    /// A worker process the run stopped (SIGSTOP): SIGCONT, so it can follow its orchestrator
+    /// out.
+    Continue { pid: u32 },
+    /// A worker container the run froze: unpaused before the run's containers are removed.
+    Unpause { id: String },
 }
 
 impl Namespace {
@@ -56,6 +80,7 @@ impl Namespace {
             work_dir,
             orchestrator,
             child: None,
+            undo: Mutex::default(),
             name,
         };
         rabbitmqctl(["set_permissions", "-p", &ns.name, "guest", ".*", ".*", ".*"])?;
@@ -69,7 +94,15 @@ impl Namespace {
             .create(true)
             .append(true)
             .open(self.orchestrator_log())?;
-        let child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let mut command = if on_path("setpriv") {
+            let mut setpriv = Command::new("setpriv");
+            setpriv.args(["--pdeathsig", "KILL", "--"]).arg(exe);
+            setpriv
+        } else {
+            Command::new(exe)
+        };
+        let child = command
             .args(self.orchestrator.to_args())
             // The URL and the token are secrets: the environment, not the command line.
             .env(AMQP_URL_ENV, &self.amqp)
@@ -103,6 +136,17 @@ impl Namespace {
     /// Stops the orchestrator for good, before the figures are printed.
     pub fn stop_orchestrator(&mut self) {
         self.kill_orchestrator();
+    }
+
+    /// Notes a change `fault` is about to make outside the run, to be undone if the run ends
+    /// before [`Namespace::disarm`].
+    pub fn arm(&self, fault: &'static str, undo: Undo) {
+        self.undo.lock().insert(fault, undo);
+    }
+
+    /// The change `fault` made is undone by the fault itself.
+    pub fn disarm(&self, fault: &'static str) {
+        self.undo.lock().remove(fault);
     }
 
     pub fn name(&self) -> &str {
@@ -164,6 +208,26 @@ impl Drop for Namespace {
         // First the orchestrator, which would otherwise start workers anew; process workers
         // follow it out by themselves (`--exit-with-parent`).
         self.kill_orchestrator();
+        // Then what a fault cut short changed: the engines first, which the removal needs.
+        let mut unpause = Vec::new();
+        for (fault, undo) in std::mem::take(&mut *self.undo.lock()) {
+            let undone = match &undo {
+                Undo::Start(command) => {
+                    println!("chaos: {fault} cut short: `{command}`");
+                    command.run_blocking()
+                }
+                Undo::Continue { pid } => {
+                    super::faults::signal(*pid, rustix::process::Signal::CONT)
+                }
+                Undo::Unpause { id } => {
+                    unpause.push(id.clone());
+                    Ok(())
+                }
+            };
+            if let Err(e) = undone {
+                eprintln!("chaos: cannot undo {fault} ({undo:?}): {e:#}");
+            }
+        }
         let (name, zk_base) = (self.name.clone(), self.zk_base.clone());
         // Drop cannot await, and may run inside the run's runtime or after it: the engine
         // clients get a runtime of their own on a thread of their own.
@@ -171,7 +235,7 @@ impl Drop for Namespace {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(remove_remote(&name, &zk_base))
+                .block_on(remove_remote(&name, &zk_base, &unpause))
         })
         .join();
         let removed_vhost = rabbitmqctl(["delete_vhost", &self.name]);
@@ -185,8 +249,8 @@ impl Drop for Namespace {
     }
 }
 
-/// Removes the run's worker containers and its ZooKeeper chroot.
-async fn remove_remote(name: &str, zk_base: &str) -> anyhow::Result<()> {
+/// Removes the run's worker containers (unpausing `paused` first) and its ZooKeeper chroot.
+async fn remove_remote(name: &str, zk_base: &str, paused: &[String]) -> anyhow::Result<()> {
     // With `--runtime process` there may be no Docker engine at all: then there are no
     // containers to remove either.
     if let Ok(docker) = DockerRuntime::new(DockerConfig {
@@ -195,6 +259,12 @@ async fn remove_remote(name: &str, zk_base: &str) -> anyhow::Result<()> {
     })
     .await
     {
+        for id in paused {
+            let _ = docker.unpause(id).await;
+        }
+        docker.remove_all().await?;
+        // A container the killed orchestrator had asked for may be created a moment later.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         docker.remove_all().await?;
     }
     let zk = ZkCoordinator::new(zk_base, Duration::from_secs(4));
@@ -232,6 +302,12 @@ async fn delete_tree(session: &dyn Session, root: &str) -> rideshare_dbaas::Resu
         }
     }
     Ok(())
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 fn rabbitmqctl<const N: usize>(args: [&str; N]) -> anyhow::Result<()> {

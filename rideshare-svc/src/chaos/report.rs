@@ -10,8 +10,9 @@ use rideshare_dbaas::checker::{Completion, Event, Verdict};
 use rideshare_dbaas::protocol::{CatchUp, MemberRecord};
 use serde::Serialize;
 
-use super::check::Checked;
+use super::check::{Checked, Replicas};
 use super::faults::{Fault, Injected};
+use super::history::{self, Floor, Injection, Sessions};
 
 /// The figures of one run.
 #[derive(Debug, Serialize)]
@@ -39,9 +40,23 @@ pub struct Figures {
     pub reference_replay_entries_per_s: u64,
     pub log_entries: u64,
     pub epochs: u64,
-    pub replicas_checked: usize,
+    /// Every replica seen during the run: digests compared with the replay at their index.
+    /// Nested, not flattened: the checker's verdict may carry fields of the same names.
+    pub replicas: Replicas,
+    /// Each client's reads against what it had seen before.
+    pub sessions: Sessions,
+    /// Operations outside the fault windows, and the floor their success ratio must reach.
+    pub progress: Progress,
     pub faults: BTreeMap<String, u32>,
     pub duration_s: u64,
+}
+
+/// The progress floor's figures and the floor itself.
+#[derive(Debug, Serialize)]
+pub struct Progress {
+    #[serde(flatten)]
+    pub floor: Floor,
+    pub progress_floor: f64,
 }
 
 /// What the fault schedule saw, for the figures.
@@ -51,6 +66,8 @@ pub struct Record {
     pub injected: BTreeMap<String, u32>,
     /// When (ms since the run's origin) each fault that took the master away began.
     pub failover_starts: Vec<u64>,
+    /// Every injected fault's span, for the progress floor's windows.
+    pub injections: Vec<Injection>,
     /// How long each crashed slave took to be replaced, in ms.
     pub replacements: Vec<u64>,
     /// Every worker seen with its catch-up at start, by id.
@@ -65,7 +82,9 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Record {
-    pub fn note_injected(&mut self, fault: Fault, at_ms: u64, injected: &Injected) {
+    pub fn note_injected(&mut self, fault: Fault, span: Injection, injected: &Injected) {
+        let at_ms = span.start_ms;
+        self.injections.push(span);
         *self.injected.entry(format!("{fault:?}")).or_default() += 1;
         if injected.starts_failover() {
             self.failover_starts.push(at_ms);
@@ -115,7 +134,47 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-pub fn figures(events: &[Event], checked: Checked, mut record: Record, run: Duration) -> Figures {
+/// What the figures are held against.
+pub struct Bounds {
+    /// The share of operations outside fault windows that must succeed.
+    pub progress_floor: f64,
+    /// A fault window ends at most this long after its injection returned.
+    pub recovery_bound: Duration,
+}
+
+pub fn figures(
+    events: &[Event],
+    checked: Checked,
+    mut record: Record,
+    bounds: &Bounds,
+    run: Duration,
+) -> Figures {
+    let sessions = history::sessions(events);
+    let floor = history::floor(events, &record.injections, ms(bounds.recovery_bound));
+    let mut verdict = checked.verdict;
+    let problems = (checked.replicas.problems.iter()).chain(&sessions.problems);
+    verdict.problems.extend(problems.cloned());
+    let floor_held =
+        floor.outside_faults_ops > 0 && floor.outside_faults_ok_ratio >= bounds.progress_floor;
+    if !floor_held {
+        verdict.problems.push(format!(
+            "progress floor: {} of {} operations outside fault windows succeeded ({:.3}), below {}",
+            floor.outside_faults_ok,
+            floor.outside_faults_ops,
+            floor.outside_faults_ok_ratio,
+            bounds.progress_floor
+        ));
+    }
+    if checked.replicas.replicas_checked == 0 {
+        verdict
+            .problems
+            .push("no replica's digest was compared with the log".into());
+    }
+    let passed = verdict.passed()
+        && checked.replicas.passed()
+        && sessions.non_monotonic == 0
+        && sessions.read_your_writes == 0
+        && floor_held;
     let failovers = failovers(&record.failover_starts, events);
     record.replacements.sort_unstable();
     let replacements = &record.replacements;
@@ -127,8 +186,8 @@ pub fn figures(events: &[Event], checked: Checked, mut record: Record, run: Dura
     let entries: u64 = caught_up.iter().map(|c| c.entries).sum();
     let took_ms: u64 = caught_up.iter().map(|c| c.ms).sum();
     Figures {
-        passed: checked.verdict.passed(),
-        verdict: checked.verdict,
+        passed,
+        verdict,
         failover_ms_p50: percentile(&failovers, 50.0),
         failover_ms_p99: percentile(&failovers, 99.0),
         failover_ms_max: failovers.last().copied().unwrap_or(0),
@@ -143,7 +202,12 @@ pub fn figures(events: &[Event], checked: Checked, mut record: Record, run: Dura
         reference_replay_entries_per_s: checked.reference_replay_entries_per_s,
         log_entries: checked.log_entries,
         epochs: checked.epochs,
-        replicas_checked: checked.replicas_checked,
+        replicas: checked.replicas,
+        sessions,
+        progress: Progress {
+            floor,
+            progress_floor: bounds.progress_floor,
+        },
         faults: record.injected,
         duration_s: run.as_secs(),
     }
@@ -152,6 +216,26 @@ pub fn figures(events: &[Event], checked: Checked, mut record: Record, run: Dura
 /// Prints the figures, and writes them as JSON to `json` if asked.
 pub fn publish(figures: &Figures, json: Option<&Path>) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(figures)?);
+    let (r, s, p) = (
+        &figures.replicas,
+        &figures.sessions,
+        &figures.progress.floor,
+    );
+    println!(
+        "chaos: replicas_checked {} ({} digests, {} mismatched, {} ahead of the log); \
+         non_monotonic {}, read_your_writes {}; {} of {} operations outside fault windows ok \
+         ({:.4}, floor {})",
+        r.replicas_checked,
+        r.replica_digests_checked,
+        r.replica_digest_mismatches,
+        r.replica_digests_ahead,
+        s.non_monotonic,
+        s.read_your_writes,
+        p.outside_faults_ok,
+        p.outside_faults_ops,
+        p.outside_faults_ok_ratio,
+        figures.progress.progress_floor
+    );
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_vec_pretty(figures)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -163,7 +247,7 @@ pub fn publish(figures: &Figures, json: Option<&Path>) -> anyhow::Result<()> {
 pub fn verdict(figures: &Figures, asked: &[Fault]) -> anyhow::Result<()> {
     if !figures.passed {
         bail!(
-            "the checker found violations: {:?}",
+            "the checks found violations: {:?}",
             figures.verdict.problems
         );
     }
@@ -227,20 +311,81 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), 0);
     }
 
-    #[test]
-    fn refused_faults_are_missing_from_the_verdict() {
-        let mut record = Record::default();
-        record.note_injected(Fault::CrashMaster, 10, &Injected::CrashedMaster { pid: 7 });
-        let checked = Checked {
+    fn checked(replicas_checked: usize) -> Checked {
+        Checked {
             verdict: Verdict::default(),
             log_entries: 0,
             epochs: 0,
-            replicas_checked: 0,
             reference_replay_entries_per_s: 0,
-        };
-        let figures = figures(&[], checked, record, Duration::from_secs(1));
+            replicas: Replicas {
+                replicas_checked,
+                ..Replicas::default()
+            },
+        }
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        progress_floor: 0.9,
+        recovery_bound: Duration::from_secs(15),
+    };
+
+    fn span(start_ms: u64) -> Injection {
+        Injection {
+            start_ms,
+            injected_ms: start_ms,
+        }
+    }
+
+    #[test]
+    fn refused_faults_are_missing_from_the_verdict() {
+        let mut record = Record::default();
+        record.note_injected(
+            Fault::CrashMaster,
+            span(10),
+            &Injected::CrashedMaster { pid: 7 },
+        );
+        let events = [event(0, 5, written()), event(20, 30, written())];
+        let figures = figures(&events, checked(1), record, &BOUNDS, Duration::from_secs(1));
         assert!(verdict(&figures, &[Fault::CrashMaster]).is_ok());
         let missing = verdict(&figures, &[Fault::CrashMaster, Fault::PauseMaster]);
         assert!(missing.is_err_and(|e| e.to_string().contains("PauseMaster")));
+    }
+
+    #[test]
+    fn no_replica_checked_or_no_progress_fails_the_run() {
+        let events = [event(0, 5, written())];
+        let none = figures(
+            &events,
+            checked(0),
+            Record::default(),
+            &BOUNDS,
+            Duration::ZERO,
+        );
+        assert!(!none.passed);
+        assert!(verdict(&none, &[]).is_err_and(|e| e.to_string().contains("no replica")));
+        // Writes refused all along: the reads alone are half the operations.
+        let refused: Vec<Event> = (0..100)
+            .map(|n| {
+                let failed = Completion::Failed {
+                    reason: "503".into(),
+                };
+                event(
+                    n * 10,
+                    n * 10 + 1,
+                    if n % 2 == 0 { failed } else { written() },
+                )
+            })
+            .collect();
+        let stuck = figures(
+            &refused,
+            checked(1),
+            Record::default(),
+            &BOUNDS,
+            Duration::ZERO,
+        );
+        assert!(!stuck.passed);
+        assert!(verdict(&stuck, &[]).is_err_and(|e| e.to_string().contains("progress floor")));
+        let empty = figures(&[], checked(1), Record::default(), &BOUNDS, Duration::ZERO);
+        assert!(!empty.passed, "no operation outside faults proves nothing");
     }
 }
