@@ -7,7 +7,7 @@
 //!   over between the nodes by themselves. The run's vhost is added to every URL of the list.
 //! - `kill-rabbitmq-node` and `kill-zk-server` (`--cluster-faults`, added to the rotation)
 //!   `kill -9` one node, the next one in rotation each time, leave it down for
-//!   `--node-down-for`, then start it again and wait until it is back in the cluster (RabbitMQ:
+//!   `--engine-down-for`, then start it again and wait until it is back in the cluster (RabbitMQ:
 //!   3 running nodes; ZooKeeper: the server leads or follows). Faults run one at a time, so two
 //!   of the three nodes, a majority, are up at every moment.
 //! - In cluster mode the single-engine faults act on the cluster too: `restart-rabbitmq` is a

@@ -51,6 +51,11 @@ pub enum Fault {
     /// orchestrator SIGKILLed while they are in flight, then started again: their outcomes are
     /// unknown, and none may be lost or applied twice.
     KillOrchestratorMidBurst,
+    /// `--engines cluster` only: kill -9 one RabbitMQ node (in rotation), start it again after
+    /// `--engine-down-for` and wait until it has rejoined (see `cluster.rs`).
+    KillRabbitmqNode,
+    /// `--engines cluster` only: the same for one ZooKeeper server of the ensemble.
+    KillZkServer,
 }
 
 impl Fault {
@@ -138,6 +143,8 @@ pub enum Injected {
         failed: usize,
         unknown: usize,
     },
+    /// A fault on one node of the clustered engines (`--engines cluster`).
+    Node(super::cluster::NodeFault),
 }
 
 impl Injected {
@@ -227,6 +234,7 @@ impl fmt::Display for Injected {
                  answered before), restarted as {new_pid}; {acked} acknowledged, {failed} failed, \
                  {unknown} unknown"
             ),
+            Injected::Node(done) => done.fmt(f),
         }
     }
 }
@@ -310,6 +318,8 @@ pub struct Injector<'a> {
     amqp: String,
     /// The clients' history, where the mid-burst kill records its writes.
     history: Recorder,
+    /// `--engines cluster`: the engine faults act on its nodes.
+    cluster: Option<&'a super::cluster::Cluster>,
 }
 
 /// Commands that kill an engine and start it again, and how long it stays down.
@@ -329,6 +339,7 @@ pub struct Setup<'a> {
     pub restart_zk: &'a CommandLine,
     pub engines: EngineKills<'a>,
     pub history: Recorder,
+    pub cluster: Option<&'a super::cluster::Cluster>,
 }
 
 impl Setup<'_> {
@@ -387,10 +398,16 @@ impl<'a> Injector<'a> {
             engines: setup.engines,
             amqp: ns.amqp().to_owned(),
             history: setup.history,
+            cluster: setup.cluster,
         })
     }
 
     pub async fn inject(&self, fault: Fault, ns: &mut Namespace) -> Result<Injected, FaultError> {
+        if let Some(cluster) = self.cluster {
+            if let Some(done) = cluster.inject(fault, ns).await {
+                return done;
+            }
+        }
         match fault {
             Fault::CrashMaster => self.crash_master().await,
             Fault::CrashSlave => self.crash_slave().await,
@@ -422,6 +439,9 @@ impl<'a> Injector<'a> {
             }
             Fault::PauseSlave => self.pause_slave(ns).await,
             Fault::KillOrchestratorMidBurst => self.kill_orchestrator_mid_burst(ns).await,
+            Fault::KillRabbitmqNode | Fault::KillZkServer => Err(FaultError::NotInjected(
+                "a node fault needs --engines cluster".into(),
+            )),
         }
     }
 

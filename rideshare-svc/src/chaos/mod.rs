@@ -16,6 +16,7 @@
 mod api;
 mod check;
 mod clients;
+mod cluster;
 mod command;
 mod faults;
 mod history;
@@ -128,6 +129,28 @@ pub struct ChaosArgs {
     /// several and every replacement installs one (0: none).
     #[arg(long, default_value_t = 300)]
     pub snapshot_every: u64,
+    /// The engines: `single` (`--amqp-base`, `--zk`) or `cluster`, the 3 RabbitMQ nodes and 3
+    /// ZooKeeper servers of `scripts/engines.sh start-cluster` (`--cluster-amqp`,
+    /// `--cluster-zk`), where the engine faults act on one node at a time (see `cluster.rs`).
+    #[arg(long, value_enum, default_value = "single")]
+    pub engines: cluster::Engines,
+    /// `--engines cluster`: the RabbitMQ nodes' URLs, comma-separated, without a vhost.
+    #[arg(long, default_value = cluster::DEFAULT_AMQP)]
+    pub cluster_amqp: String,
+    /// `--engines cluster`: the ensemble's connect string; the run uses a chroot of its own.
+    #[arg(long, default_value = cluster::DEFAULT_ZK)]
+    pub cluster_zk: String,
+    /// `--engines cluster`: faults added to the rotation after `--faults`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill-rabbitmq-node,kill-zk-server"
+    )]
+    pub cluster_faults: Vec<Fault>,
+    /// `--engines cluster`: the script whose subcommands kill and start one node
+    /// (`kill-rabbitmq-node N`, `start-rabbitmq-node N`, ...), split like a shell would.
+    #[arg(long, default_value = "scripts/engines.sh")]
+    pub cluster_script: String,
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -162,12 +185,17 @@ fn setup(args: &ChaosArgs, history: Recorder) -> Setup<'_> {
             down_for: args.engine_down_for,
         },
         history,
+        cluster: None,
     }
 }
 
 /// Before anything is started: every command the faults asked for can run (the engines were
 /// started by `scripts/engines.sh`, or commands were given that act on them).
 fn preflight(args: &ChaosArgs) -> anyhow::Result<()> {
+    if args.engines == cluster::Engines::Cluster {
+        // The engine faults act on the cluster's nodes (cluster.rs), not through those commands.
+        return cluster::preflight(&args.cluster_script);
+    }
     let setup = setup(args, Recorder::default());
     let mut missing = Vec::new();
     for (flag, command) in setup.commands(&args.faults) {
@@ -217,13 +245,28 @@ async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
     let figures = report::figures(&events, checked, record, &bounds, started.elapsed());
     ns.stop_orchestrator();
     report::publish(&figures, args.json.as_deref())?;
-    report::verdict(&figures, &args.faults)
+    report::verdict(&figures, &faults(args))
+}
+
+/// The faults in rotation: `--faults`, and `--cluster-faults` with `--engines cluster`.
+fn faults(args: &ChaosArgs) -> Vec<Fault> {
+    cluster::rotation(args.engines, &args.faults, &args.cluster_faults)
 }
 
 fn settings(args: &ChaosArgs) -> Settings<'_> {
+    let cluster = args.engines == cluster::Engines::Cluster;
     Settings {
-        amqp_base: &args.amqp_base,
-        zk: &args.zk,
+        amqp_base: if cluster {
+            &args.cluster_amqp
+        } else {
+            &args.amqp_base
+        },
+        zk: if cluster { &args.cluster_zk } else { &args.zk },
+        rabbitmq_nodes: if cluster {
+            cluster::rabbitmq_nodes()
+        } else {
+            Vec::new()
+        },
         zk_session_timeout: args.zk_session_timeout,
         runtime: args.runtime,
         worker_image: &args.worker_image,
@@ -259,10 +302,13 @@ async fn inject_faults(
     load: &Load,
     started: Instant,
 ) -> anyhow::Result<Record> {
-    let setup = setup(args, load.recorder());
+    let nodes = (args.engines == cluster::Engines::Cluster)
+        .then(|| cluster::Cluster::new(args.cluster_script.clone(), args.engine_down_for));
+    let mut setup = setup(args, load.recorder());
+    setup.cluster = nodes.as_ref();
     let injector = Injector::new(setup, ns, api, observer).await?;
     let mut record = Record::default();
-    for fault in args.faults.iter().copied().cycle() {
+    for fault in faults(args).into_iter().cycle() {
         if started.elapsed() >= args.duration {
             break;
         }

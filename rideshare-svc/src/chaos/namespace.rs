@@ -35,6 +35,8 @@ pub struct Settings<'a> {
     pub scale_interval: Duration,
     pub reads_per_slave: u64,
     pub snapshot_every: u64,
+    /// `rabbitmqctl -n` targets, tried in turn (the cluster's nodes); empty: its default node.
+    pub rabbitmq_nodes: Vec<String>,
 }
 
 pub struct Namespace {
@@ -42,6 +44,8 @@ pub struct Namespace {
     name: String,
     amqp: String,
     zk_base: String,
+    /// Where `rabbitmqctl` is run (see `Settings::rabbitmq_nodes`).
+    rabbitmq_nodes: Vec<String>,
     admin_token: String,
     work_dir: PathBuf,
     orchestrator: OrchestratorArgs,
@@ -71,10 +75,12 @@ impl Namespace {
         let work_dir = std::env::temp_dir().join(&name);
         let zk = format!("{}/{name}", settings.zk);
         let orchestrator = orchestrator_args(settings, &name, zk, &work_dir)?;
-        rabbitmqctl(["add_vhost", &name])
+        let nodes = settings.rabbitmq_nodes.clone();
+        rabbitmqctl(&nodes, ["add_vhost", &name])
             .context("creating a RabbitMQ vhost (is RabbitMQ running, and rabbitmqctl here?)")?;
         let mut ns = Namespace {
-            amqp: format!("{}/{name}", settings.amqp_base.trim_end_matches('/')),
+            amqp: super::cluster::with_vhost(settings.amqp_base, &name),
+            rabbitmq_nodes: nodes,
             zk_base: settings.zk.to_owned(),
             admin_token: format!("{:032x}", rand::random::<u128>()),
             work_dir,
@@ -83,7 +89,10 @@ impl Namespace {
             undo: Mutex::default(),
             name,
         };
-        rabbitmqctl(["set_permissions", "-p", &ns.name, "guest", ".*", ".*", ".*"])?;
+        rabbitmqctl(
+            &ns.rabbitmq_nodes,
+            ["set_permissions", "-p", &ns.name, "guest", ".*", ".*", ".*"],
+        )?;
         std::fs::create_dir_all(&ns.work_dir)?;
         ns.start_orchestrator()?;
         Ok(ns)
@@ -238,7 +247,7 @@ impl Drop for Namespace {
                 .block_on(remove_remote(&name, &zk_base, &unpause))
         })
         .join();
-        let removed_vhost = rabbitmqctl(["delete_vhost", &self.name]);
+        let removed_vhost = rabbitmqctl(&self.rabbitmq_nodes, ["delete_vhost", &self.name]);
         match (cleaned, removed_vhost) {
             (Ok(Ok(())), Ok(())) => println!("chaos: namespace {} removed", self.name),
             (cleaned, vhost) => eprintln!(
@@ -310,13 +319,30 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
-fn rabbitmqctl<const N: usize>(args: [&str; N]) -> anyhow::Result<()> {
-    let status = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run rabbitmqctl {args:?}"))?;
-    anyhow::ensure!(status.success(), "rabbitmqctl {args:?} failed: {status}");
-    Ok(())
+/// Runs `rabbitmqctl` on the first of `nodes` where it succeeds (on its default node if none
+/// are named): in a cluster, a node down for a fault must not stop the run's set-up or cleanup.
+fn rabbitmqctl<const N: usize>(nodes: &[String], args: [&str; N]) -> anyhow::Result<()> {
+    let targets: Vec<Option<&String>> = if nodes.is_empty() {
+        vec![None]
+    } else {
+        nodes.iter().map(Some).collect()
+    };
+    let mut failed = Vec::new();
+    for node in targets {
+        let mut command = Command::new("rabbitmqctl");
+        if let Some(node) = node {
+            command.args(["-n", node]);
+        }
+        let status = command
+            .arg("-q")
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run rabbitmqctl {args:?}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        failed.push(format!("{}: {status}", node.map_or("default node", |n| n)));
+    }
+    anyhow::bail!("rabbitmqctl {args:?} failed: {}", failed.join("; "))
 }
