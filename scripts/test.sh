@@ -53,6 +53,10 @@ step "fuzz: schemathesis against every OpenAPI document of rideshare up (about 1
 step "chaos: the real engines under faults, checked (about 2 minutes)"
 ./target/release/rideshare chaos --duration 100s --json target/chaos.json
 
+step "chaos on the clustered engines: a ZooKeeper server and a RabbitMQ node killed (about 90 s)"
+./target/release/rideshare chaos --engines cluster --duration 60s \
+  --faults kill-zk-server,crash-master,kill-rabbitmq-node --json target/chaos-cluster.json
+
 step "cargo bench --no-run"
 cargo bench --workspace --bench '*' --no-run
 
