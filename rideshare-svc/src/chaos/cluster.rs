@@ -69,9 +69,10 @@ pub struct NodeFault {
     pub what: NodeAction,
     /// 1 to [`NODES`].
     pub node: usize,
-    /// From the kill (or stop) to the start command.
-    pub down_for: Duration,
-    /// The start command, until the node was back in its cluster.
+    /// From the kill to the start command (`None` for a restart, one command that stops the
+    /// node and starts it again).
+    pub down_for: Option<Duration>,
+    /// The start (or restart) command, until the node was back in its cluster.
     pub back_after: Duration,
 }
 
@@ -91,11 +92,18 @@ impl fmt::Display for NodeFault {
             NodeAction::KillZookeeper => ("kill -9", "ZooKeeper server"),
             NodeAction::RestartZookeeper => ("SIGTERM and start", "ZooKeeper server"),
         };
-        write!(
-            f,
-            "{action} {engine} {}: down {:?}, back in the cluster {:?} after its start",
-            self.node, self.down_for, self.back_after
-        )
+        match self.down_for {
+            Some(down_for) => write!(
+                f,
+                "{action} {engine} {}: down {down_for:?}, back in the cluster {:?} after its start",
+                self.node, self.back_after
+            ),
+            None => write!(
+                f,
+                "{action} {engine} {}: back in the cluster {:?} after the restart began",
+                self.node, self.back_after
+            ),
+        }
     }
 }
 
@@ -159,11 +167,12 @@ impl Cluster {
         // A run that ends while the node is down starts it again on its way out.
         ns.arm(UNDO_KEY, Undo::Start(start.clone()));
         let stopped = Instant::now();
+        let mut down_for = None;
         if let Some(stop) = stop {
             self.command(stop, node)?.run().await?;
             tokio::time::sleep(self.down_for).await;
+            down_for = Some(stopped.elapsed());
         }
-        let down_for = stopped.elapsed();
         let back_after = start.run().await?;
         ns.disarm(UNDO_KEY);
         Ok(NodeFault {
@@ -249,12 +258,22 @@ mod tests {
         let done = NodeFault {
             what: NodeAction::KillRabbitmq,
             node: 2,
-            down_for: Duration::from_secs(3),
+            down_for: Some(Duration::from_secs(3)),
             back_after: Duration::from_secs(9),
         };
         assert_eq!(
             done.to_string(),
             "kill -9 RabbitMQ node 2: down 3s, back in the cluster 9s after its start"
+        );
+        let restarted = NodeFault {
+            what: NodeAction::RestartZookeeper,
+            node: 1,
+            down_for: None,
+            back_after: Duration::from_secs(8),
+        };
+        assert_eq!(
+            restarted.to_string(),
+            "SIGTERM and start ZooKeeper server 1: back in the cluster 8s after the restart began"
         );
         assert_eq!(rabbitmq_nodes()[0], "rabbit-c1@localhost");
     }
