@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one test gate, run the same way locally and in CI:
 #   formatting, clippy with -D warnings, the real engines started (RabbitMQ and ZooKeeper from
-#   Debian's packages, installed when missing), the worker image built, every test including
-#   those against the real engines and Docker, the API fuzzed against its OpenAPI documents
-#   (schemathesis from PyPI in a virtual environment), a chaos run, and the benches compiled.
+#   Debian's packages, installed when missing: one of each, and a 3-node cluster of each on
+#   other ports), the worker image built, every test including those against the real engines,
+#   the cluster and Docker, the API fuzzed against its OpenAPI documents (schemathesis from PyPI
+#   in a virtual environment), chaos runs on the single engines and on the cluster, and the
+#   benches compiled.
 # It stops the engines it started. A test that needs an absent engine fails; none skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
