@@ -272,3 +272,59 @@ impl Front {
         decode_versioned::<Reply>(&bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rideshare_core::ops::{ReadOp, RequestId, WriteOp};
+    use rideshare_core::Username;
+
+    use super::Freshness;
+    use crate::cluster::{EmbeddedCluster, EmbeddedConfig};
+    use crate::log::mem::MemLog;
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_wait_for_every_index_seen_and_for_the_clients_own_token() {
+        let cluster = EmbeddedCluster::start(Arc::new(MemLog::new()), EmbeddedConfig::default())
+            .await
+            .unwrap();
+        let o = cluster.orchestrator();
+        for _ in 0..200 {
+            if o.ready().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ack = o
+            .write(
+                RequestId("a".into()),
+                WriteOp::AddUser {
+                    username: Username::parse("asha").unwrap(),
+                    password_hash: "h".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let read = o.read(ReadOp::ListUsers, Freshness::STRONG).await.unwrap();
+        assert!(read.applied_index >= ack.index);
+        // Every answer raises the floor of the reads after it.
+        assert!(o.front.seen.load(super::Ordering::SeqCst) >= read.applied_index);
+        // A token the replicas have applied is served; one past the log is refused once the
+        // bounded waits are over, and does not raise the floor for anyone else.
+        let at = Freshness {
+            stale: true,
+            at_least: ack.index,
+        };
+        assert!(o.read(ReadOp::ListUsers, at).await.unwrap().applied_index >= ack.index);
+        let beyond = Freshness {
+            stale: false,
+            at_least: ack.index + 1_000,
+        };
+        assert!(o.read(ReadOp::ListUsers, beyond).await.is_err());
+        assert!(o.front.seen.load(super::Ordering::SeqCst) < ack.index + 1_000);
+        assert!(o.read(ReadOp::ListUsers, Freshness::STRONG).await.is_ok());
+        cluster.shutdown();
+    }
+}
