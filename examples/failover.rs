@@ -8,6 +8,7 @@ use rideshare_core::ops::{ReadOp, ReadOutcome, RequestId, WriteOp};
 use rideshare_core::Username;
 use rideshare_dbaas::cluster::{EmbeddedCluster, EmbeddedConfig};
 use rideshare_dbaas::log::mem::MemLog;
+use rideshare_dbaas::orchestrator::Freshness;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -41,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     wait_for_workers(&orchestrator, 2).await?;
     println!("workers: {:?}", orchestrator.worker_pids().await?);
 
-    let ReadOutcome::Users { users } = orchestrator.read(ReadOp::ListUsers, false).await?.outcome
+    let ReadOutcome::Users { users } = orchestrator.read(ReadOp::ListUsers, Freshness::STRONG).await?.outcome
     else {
         anyhow::bail!("unexpected read answer");
     };
