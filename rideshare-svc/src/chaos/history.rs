@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rideshare_dbaas::checker::{Completion, Event};
+use rideshare_dbaas::checker::{Completion, Event, Operation};
 use serde::Serialize;
 
 /// A client's reads against what that client had seen before them.
@@ -79,7 +79,13 @@ pub struct Floor {
     pub outside_faults_ops: u64,
     pub outside_faults_ok: u64,
     pub outside_faults_ok_ratio: f64,
-    /// Windows that ended at the recovery bound, not at an acknowledged write.
+    /// The writes among them, on their own: a failed write is retried only after a pause,
+    /// so refused writes are fewer in the history than the reads beside them.
+    pub outside_faults_writes: u64,
+    pub outside_faults_writes_ok: u64,
+    pub outside_faults_writes_ok_ratio: f64,
+    /// Windows that ended at the recovery bound, not at an acknowledged write: the cluster
+    /// took no write for that long after a fault (fails the run).
     pub windows_unrecovered: u64,
     /// Total length of the fault windows, ms.
     pub fault_windows_ms: u64,
@@ -124,16 +130,42 @@ pub fn floor(events: &[Event], injections: &[Injection], recovery_bound_ms: u64)
         .filter(|e| super::clients::succeeded(&e.completion))
         .count() as u64;
     let ops = outside.len() as u64;
+    let writes: Vec<&&Event> = outside
+        .iter()
+        .filter(|e| matches!(e.operation, Operation::Write { .. }))
+        .collect();
+    let writes_ok = writes
+        .iter()
+        .filter(|e| matches!(e.completion, Completion::Written { .. }))
+        .count() as u64;
     Floor {
+        outside_faults_writes: writes.len() as u64,
+        outside_faults_writes_ok: writes_ok,
+        outside_faults_writes_ok_ratio: ratio(writes_ok, writes.len() as u64),
         outside_faults_ops: ops,
         outside_faults_ok: ok,
-        outside_faults_ok_ratio: if ops == 0 {
-            0.0
-        } else {
-            ok as f64 / ops as f64
-        },
+        outside_faults_ok_ratio: ratio(ok, ops),
         windows_unrecovered: unrecovered,
         fault_windows_ms: merged_length(windows),
+    }
+}
+
+impl Floor {
+    /// Whether the floor holds: no window ran to the recovery bound, and at least `floor` of
+    /// the operations, and of the writes, outside the windows succeeded (none outside: fails).
+    pub fn holds(&self, floor: f64) -> bool {
+        self.windows_unrecovered == 0
+            && self.outside_faults_writes > 0
+            && self.outside_faults_ok_ratio >= floor
+            && self.outside_faults_writes_ok_ratio >= floor
+    }
+}
+
+fn ratio(ok: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        ok as f64 / of as f64
     }
 }
 
@@ -157,11 +189,9 @@ fn merged_length(mut windows: Vec<(u64, u64)>) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use rideshare_core::ops::{ReadOp, RequestId, WriteOp, WriteOutcome};
     use rideshare_core::Username;
-    use rideshare_dbaas::checker::Operation;
-
-    use super::*;
 
     fn read(client: usize, at: u64, applied_index: u64) -> Event {
         Event {
@@ -267,6 +297,15 @@ mod tests {
         let got = floor(&events, &[injection], 1_000);
         assert_eq!(got.windows_unrecovered, 1);
         assert!(got.outside_faults_ok_ratio < 0.1, "{got:?}");
+        assert!(!got.holds(0.9));
+        // Refused writes among answered reads: the reads do not carry the floor.
+        let mut mixed = vec![acked(0, 0, 1)];
+        mixed.extend((1..100).map(|n| read(0, n * 10, 1)));
+        mixed.extend((1..20).map(|n| failed(1, n * 50)));
+        let got = floor(&mixed, &[], 1_000);
+        assert!(got.outside_faults_ok_ratio > 0.8, "{got:?}");
+        assert!(got.outside_faults_writes_ok_ratio < 0.1, "{got:?}");
+        assert!(!got.holds(0.8));
         // Without a fault at all, the same history is as bad.
         assert!(floor(&events, &[], 1_000).outside_faults_ok_ratio < 0.1);
     }

@@ -154,15 +154,20 @@ pub fn figures(
     let mut verdict = checked.verdict;
     let problems = (checked.replicas.problems.iter()).chain(&sessions.problems);
     verdict.problems.extend(problems.cloned());
-    let floor_held =
-        floor.outside_faults_ops > 0 && floor.outside_faults_ok_ratio >= bounds.progress_floor;
+    let floor_held = floor.holds(bounds.progress_floor);
     if !floor_held {
         verdict.problems.push(format!(
-            "progress floor: {} of {} operations outside fault windows succeeded ({:.3}), below {}",
+            "progress floor: {} of {} operations ({:.3}) and {} of {} writes ({:.3}) outside fault \
+             windows succeeded (floor {}); {} fault windows without an acknowledged write within {:?}",
             floor.outside_faults_ok,
             floor.outside_faults_ops,
             floor.outside_faults_ok_ratio,
-            bounds.progress_floor
+            floor.outside_faults_writes_ok,
+            floor.outside_faults_writes,
+            floor.outside_faults_writes_ok_ratio,
+            bounds.progress_floor,
+            floor.windows_unrecovered,
+            bounds.recovery_bound
         ));
     }
     if checked.replicas.replicas_checked == 0 {
@@ -265,16 +270,29 @@ pub fn verdict(figures: &Figures, asked: &[Fault]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use rideshare_core::ops::{ReadOp, WriteOutcome};
+    use rideshare_core::ops::{ReadOp, RequestId, WriteOp, WriteOutcome};
+    use rideshare_core::RideId;
     use rideshare_dbaas::checker::Operation;
 
     use super::*;
 
+    /// A write if `completion` is `Written` or `Failed`, else a read.
     fn event(invoked_ms: u64, completed_ms: u64, completion: Completion) -> Event {
+        let write = matches!(
+            completion,
+            Completion::Written { .. } | Completion::Failed { .. }
+        );
         Event {
             client: 0,
-            operation: Operation::Read {
-                op: ReadOp::CountRides,
+            operation: if write {
+                Operation::Write {
+                    request_id: RequestId(format!("r{invoked_ms}")),
+                    op: WriteOp::DeleteRide { ride_id: RideId(1) },
+                }
+            } else {
+                Operation::Read {
+                    op: ReadOp::CountRides,
+                }
             },
             invoked_ms,
             completed_ms,
