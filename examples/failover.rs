@@ -42,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     wait_for_workers(&orchestrator, 2).await?;
     println!("workers: {:?}", orchestrator.worker_pids().await?);
 
-    let ReadOutcome::Users { users } = orchestrator.read(ReadOp::ListUsers, Freshness::STRONG).await?.outcome
+    let ReadOutcome::Users { users } = orchestrator
+        .read(ReadOp::ListUsers, Freshness::STRONG)
+        .await?
+        .outcome
     else {
         anyhow::bail!("unexpected read answer");
     };

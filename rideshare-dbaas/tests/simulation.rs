@@ -1,7 +1,8 @@
 //! The seeded simulation: the whole DBaaS on the in-memory engines under a paused tokio clock,
 //! random client operations, and random faults, polite and not: master and slave crashes,
 //! workers dying on their own (at once, or frozen first with their session expiring late),
-//! paused workers (every call held, the session expired late or not at all), the orchestrator
+//! paused workers (every call held, the session expired late or not at all), slow replicas (the
+//! log read an entry at a time, tens of ms apart), the orchestrator
 //! killed with requests in flight, dropped, duplicated, delayed and reordered messages, log and
 //! coordinator outages, expired sessions, and late appends of a deposed master (write entries of
 //! an older epoch landing after a newer marker, new ones and copies of old ones).
@@ -399,6 +400,7 @@ enum FaultKind {
     WorkerDies,
     WorkerFreezesThenDies,
     PauseWorker,
+    SlowReplica,
     KillOrchestrator,
     DropMessages,
     DuplicateMessages,
@@ -411,12 +413,13 @@ enum FaultKind {
     KillInstallingReplacement,
 }
 
-const FAULTS: [FaultKind; 15] = [
+const FAULTS: [FaultKind; 16] = [
     FaultKind::CrashMaster,
     FaultKind::CrashSlave,
     FaultKind::WorkerDies,
     FaultKind::WorkerFreezesThenDies,
     FaultKind::PauseWorker,
+    FaultKind::SlowReplica,
     FaultKind::KillOrchestrator,
     FaultKind::DropMessages,
     FaultKind::DuplicateMessages,
@@ -572,6 +575,26 @@ async fn simulate(seed: u64) -> Result<String, String> {
                     pause_worker(&cluster, &gates, &w, pause, expire).await
                 }
                 None => "no worker to pause".into(),
+            },
+            FaultKind::SlowReplica => match pick_worker(&cluster, &mut rng).await {
+                // Falls behind the log while it serves: reads must wait for what was acknowledged.
+                Some(w) => match gates.get(&w.id) {
+                    Some(gate) => {
+                        let lag = Duration::from_millis(rng.gen_range(20..150));
+                        let during = Duration::from_millis(rng.gen_range(1000..4000));
+                        gate.set_lag(lag);
+                        tokio::time::sleep(during).await;
+                        gate.set_lag(Duration::ZERO);
+                        format!(
+                            "worker {} read the log at {} ms an entry for {} ms",
+                            w.pid,
+                            lag.as_millis(),
+                            during.as_millis()
+                        )
+                    }
+                    None => format!("no gate for {}", w.id),
+                },
+                None => "no worker to slow".into(),
             },
             FaultKind::KillOrchestrator => {
                 // Killed with whatever requests are in flight: they fail, outcome unknown.

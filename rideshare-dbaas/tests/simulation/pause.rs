@@ -1,4 +1,4 @@
-//! Pausing one task worker, as SIGSTOP pauses a process: every call it makes to the broker, the
+//! Pausing one task worker, as SIGSTOP pauses a process (or slowing its reading of the log): every call it makes to the broker, the
 //! log and the coordinator waits while its gate is closed, and goes on when it opens. Its
 //! coordinator session stays live (a paused process sends no heartbeats, but ZooKeeper only
 //! notices after the session timeout): the simulation expires it late, or not at all, on its own
@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,6 +28,8 @@ use tokio::sync::watch;
 pub struct Gate {
     paused: watch::Sender<bool>,
     sessions: Arc<Mutex<Vec<u64>>>,
+    /// Each log entry reaches the worker this much later than the one before: a slow replica.
+    lag: Arc<Mutex<Duration>>,
 }
 
 impl Gate {
@@ -34,7 +37,13 @@ impl Gate {
         Gate {
             paused: watch::channel(false).0,
             sessions: Arc::default(),
+            lag: Arc::default(),
         }
+    }
+
+    /// Makes the worker read the log `lag` per entry (zero: at full speed again).
+    pub fn set_lag(&self, lag: Duration) {
+        *self.lag.lock().unwrap() = lag;
     }
 
     /// Returns once the gate is open.
@@ -192,6 +201,11 @@ impl LogReader for GatedReader {
     /// Cancel-safe like the reader it wraps: an entry is only taken once the gate is open, and
     /// handed out at once.
     async fn next(&mut self) -> Option<Result<Record>> {
+        // Before taking the entry, so that a dropped call loses nothing.
+        let lag = *self.gate.lag.lock().unwrap();
+        if !lag.is_zero() {
+            tokio::time::sleep(lag).await;
+        }
         self.gate.pass().await;
         self.inner.next().await
     }
