@@ -2,13 +2,13 @@
 //! independent replay of the whole write log into a fresh SQLite store, the digests compared
 //! with the replay at their own indexes; then the checker run on the history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rideshare_core::store::SqliteStore;
-use rideshare_dbaas::checker::{check, Event, Replay, ReplicaState, Verdict};
+use rideshare_dbaas::checker::{check_all, Event, Replay, ReplicaState, Verdict};
 use rideshare_dbaas::log::Log;
 use rideshare_dbaas::protocol::MemberRecord;
 
@@ -26,7 +26,9 @@ pub struct Checked {
     pub replicas: Replicas,
 }
 
-/// Every replica the run saw, compared with the replay of the log at the index it published.
+/// Every replica the run saw: how many had digests held against the replay of the log at the
+/// index each was published at (the checker's `check_all` compares them: a mismatch, or a digest
+/// past the log's end, is a `replica_mismatch` in its verdict).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Replicas {
     /// Distinct workers with at least one digest compared (the master included).
@@ -34,20 +36,6 @@ pub struct Replicas {
     /// Workers seen that never published a digest (killed before they first applied a group).
     pub replicas_without_digest: usize,
     pub replica_digests_checked: u64,
-    /// Digests whose checksum differs from the replay's at their index.
-    pub replica_digest_mismatches: u64,
-    /// Digests at an index past the log's end.
-    pub replica_digests_ahead: u64,
-    #[serde(skip)]
-    pub problems: Vec<String>,
-}
-
-impl Replicas {
-    pub fn passed(&self) -> bool {
-        self.replicas_checked > 0
-            && self.replica_digest_mismatches == 0
-            && self.replica_digests_ahead == 0
-    }
 }
 
 /// Checks `events` against the log in `amqp`, the replicas alive at the end (`observer`), and
@@ -78,26 +66,34 @@ pub async fn check_run(
     drop(tracker);
     record.note_catch_ups(&seen.records());
     let replicas = replica_states(&members);
+    let published = digests(&seen);
     // Read again once nothing watches any more: a digest past it is past the log.
     let end = log.end().await?;
-    let mut wanted = Wanted::new(&seen);
     let mut replay = Replay::new(SqliteStore::open(&work_dir.join("reference.db"))?);
+    replay.checksums_at(published.iter().map(|d| d.applied_index))?;
     let started = Instant::now();
-    replay_log(&log, end, &mut replay, &mut wanted).await?;
+    replay_log(&log, end, &mut replay).await?;
     let rate = end as f64 / started.elapsed().as_secs_f64().max(1e-3);
-    let mut compared = wanted.finish(end);
-    compared.replicas_without_digest = seen
-        .workers()
-        .values()
-        .filter(|s| s.digests.is_empty())
-        .count();
+    let compared = Replicas {
+        replicas_checked: published
+            .iter()
+            .map(|d| d.worker.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
+        replicas_without_digest: seen
+            .workers()
+            .values()
+            .filter(|s| s.digests.is_empty())
+            .count(),
+        replica_digests_checked: published.len() as u64,
+    };
     println!(
         "chaos: {} workers seen in {polls} polls of ZooKeeper, {} with digests, {} digests compared",
         seen.workers().len(),
         compared.replicas_checked,
         compared.replica_digests_checked
     );
-    let verdict = check(events, &mut replay, &replicas)?;
+    let verdict = check_all(events, &mut replay, &replicas, &published)?;
     Ok(Checked {
         verdict,
         log_entries: end,
@@ -107,79 +103,18 @@ pub async fn check_run(
     })
 }
 
-/// The digests to hold against the replay, by index, each with the worker that published it.
-struct Wanted {
-    /// Index -> (worker's label, checksum), in index order.
-    by_index: BTreeMap<u64, Vec<(String, u64)>>,
-    workers_compared: BTreeSet<String>,
-    found: Replicas,
-}
-
-impl Wanted {
-    fn new(seen: &Sightings) -> Self {
-        let mut by_index: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
-        for s in seen.workers().values() {
-            for d in &s.digests {
-                by_index
-                    .entry(d.applied_index)
-                    .or_default()
-                    .push((s.label(), d.checksum));
-            }
-        }
-        Wanted {
-            by_index,
-            workers_compared: BTreeSet::new(),
-            found: Replicas::default(),
-        }
-    }
-
-    /// Compares the digests at `index` (which the replay has just reached) with `checksum`.
-    fn at(
-        &mut self,
-        index: u64,
-        checksum: impl FnOnce() -> anyhow::Result<u64>,
-    ) -> anyhow::Result<()> {
-        let Some(digests) = self.by_index.remove(&index) else {
-            return Ok(());
-        };
-        let want = checksum()?;
-        for (worker, got) in digests {
-            self.found.replica_digests_checked += 1;
-            if got != want {
-                self.found.replica_digest_mismatches += 1;
-                self.problem(format!(
-                    "replica {worker} published checksum {got:x} at index {index}; the log gives {want:x}"
-                ));
-            }
-            self.workers_compared.insert(worker);
-        }
-        Ok(())
-    }
-
-    /// Whether a digest waits at `index` or beyond.
-    fn wants_from(&self, index: u64) -> bool {
-        self.by_index.range(index..).next().is_some()
-    }
-
-    /// Counts what is left (past the log's `end`) as ahead of the log.
-    fn finish(mut self, end: u64) -> Replicas {
-        for (index, digests) in std::mem::take(&mut self.by_index) {
-            for (worker, _) in digests {
-                self.found.replica_digests_ahead += 1;
-                self.problem(format!(
-                    "replica {worker} published a digest at index {index}, past the log's end {end}"
-                ));
-            }
-        }
-        self.found.replicas_checked = self.workers_compared.len();
-        self.found
-    }
-
-    fn problem(&mut self, text: String) {
-        if self.found.problems.len() < 10 {
-            self.found.problems.push(text);
-        }
-    }
+/// Every digest seen, each as the state of its worker at its index.
+fn digests(seen: &Sightings) -> Vec<ReplicaState> {
+    seen.workers()
+        .values()
+        .flat_map(|s| {
+            s.digests.iter().map(|d| ReplicaState {
+                worker: s.label(),
+                applied_index: d.applied_index,
+                checksum: d.checksum,
+            })
+        })
+        .collect()
 }
 
 fn replica_states(members: &[MemberRecord]) -> Vec<ReplicaState> {
@@ -193,15 +128,13 @@ fn replica_states(members: &[MemberRecord]) -> Vec<ReplicaState> {
         .collect()
 }
 
-/// Replays the log's entries 1..=`end` with the replicas' rules, comparing the wanted digests
-/// as their indexes are reached.
+/// Replays the log's entries 1..=`end` with the replicas' rules (the replay notes its checksum
+/// at every index it was asked for).
 async fn replay_log(
     log: &RabbitLog,
     end: u64,
     replay: &mut Replay<SqliteStore>,
-    wanted: &mut Wanted,
 ) -> anyhow::Result<()> {
-    wanted.at(0, || Ok(replay.checksum()?))?;
     if end == 0 {
         return Ok(());
     }
@@ -212,10 +145,6 @@ async fn replay_log(
             .context("the log stream stopped delivering")?
             .context("the log stream closed")??;
         replay.apply(&record)?;
-        let index = replay.end;
-        if wanted.wants_from(index) {
-            wanted.at(index, || Ok(replay.checksum()?))?;
-        }
     }
     Ok(())
 }
