@@ -578,15 +578,18 @@ async fn simulate(seed: u64) -> Result<String, String> {
             },
             FaultKind::SlowReplica => match pick_worker(&cluster, &mut rng).await {
                 // Falls behind the log while it serves: reads must wait for what was acknowledged.
+                // The lag lasts while the next faults come (a slow disk does not wait its turn).
                 Some(w) => match gates.get(&w.id) {
                     Some(gate) => {
                         let lag = Duration::from_millis(rng.gen_range(20..150));
-                        let during = Duration::from_millis(rng.gen_range(1000..4000));
+                        let during = Duration::from_millis(rng.gen_range(1000..6000));
                         gate.set_lag(lag);
-                        tokio::time::sleep(during).await;
-                        gate.set_lag(Duration::ZERO);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(during).await;
+                            gate.set_lag(Duration::ZERO);
+                        });
                         format!(
-                            "worker {} read the log at {} ms an entry for {} ms",
+                            "worker {} reads the log at {} ms an entry for {} ms",
                             w.pid,
                             lag.as_millis(),
                             during.as_millis()
