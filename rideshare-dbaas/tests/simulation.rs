@@ -608,17 +608,29 @@ async fn simulate(seed: u64) -> Result<String, String> {
                 current.replace(cluster.orchestrator());
                 "orchestrator killed and restarted".into()
             }
+            // Lossy and duplicating links last while the next faults come.
             FaultKind::DropMessages => {
+                let during = Duration::from_millis(rng.gen_range(200..2000));
                 cluster.broker.set_drop_rate(0.05);
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1000))).await;
-                cluster.broker.set_drop_rate(0.0);
-                "dropped 5% of messages for a while".into()
+                let broker = cluster.broker.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(during).await;
+                    broker.set_drop_rate(0.0);
+                });
+                format!("dropping 5% of messages for {} ms", during.as_millis())
             }
             FaultKind::DuplicateMessages => {
+                let during = Duration::from_millis(rng.gen_range(200..2000));
                 cluster.broker.set_duplicate_rate(0.2);
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
-                cluster.broker.set_duplicate_rate(0.0);
-                "delivered 20% of messages twice for a while".into()
+                let broker = cluster.broker.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(during).await;
+                    broker.set_duplicate_rate(0.0);
+                });
+                format!(
+                    "delivering 20% of messages twice for {} ms",
+                    during.as_millis()
+                )
             }
             FaultKind::DelayAndReorder => {
                 let delay = Duration::from_millis(rng.gen_range(5..100));
