@@ -49,6 +49,9 @@ command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=n
 step "cargo test (workspace, including the real-engine tests)"
 cargo test --workspace -- --include-ignored
 
+step "simulation: 1,000 seeds in a release build (the workspace run above ran 200 in debug)"
+SIM_SEEDS=1000 cargo test --release -p rideshare-dbaas --test simulation -- --nocapture
+
 step "fuzz: schemathesis against every OpenAPI document of rideshare up (about 1 minute)"
 ./scripts/fuzz-api.sh
 
