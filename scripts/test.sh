@@ -46,10 +46,10 @@ docker info >/dev/null 2>&1 || { echo "Docker engine not reachable: the Docker t
 step "headless Chromium for the dashboard test (Debian's chromium, installed when missing)"
 command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-step "cargo test (workspace, including the real-engine tests)"
-cargo test --workspace -- --include-ignored
+step "cargo test (workspace, including the real-engine tests; the simulation runs next, in release)"
+cargo test --workspace -- --include-ignored --skip simulated_cluster_keeps_every_guarantee_under_faults
 
-step "simulation: 1,000 seeds in a release build (the workspace run above ran 200 in debug)"
+step "simulation: 1,000 seeds in a release build, one thread per core"
 SIM_SEEDS=1000 cargo test --release -p rideshare-dbaas --test simulation -- --nocapture
 
 step "fuzz: schemathesis against every OpenAPI document of rideshare up (about 1 minute)"
@@ -58,9 +58,11 @@ step "fuzz: schemathesis against every OpenAPI document of rideshare up (about 1
 step "chaos: the real engines under faults, checked (about 2 minutes)"
 ./target/release/rideshare chaos --duration 100s --json target/chaos.json
 
-step "chaos on the clustered engines: a ZooKeeper server and a RabbitMQ node killed (about 90 s)"
-./target/release/rideshare chaos --engines cluster --duration 60s \
-  --faults kill-zk-server,crash-master,kill-rabbitmq-node --json target/chaos-cluster.json
+# A RabbitMQ node's kill is left to tests/engines_cluster.rs above: its rejoin alone takes about
+# 50 s here, which the whole gate's 40 minutes cannot spare (docs/reliability.md has the runs).
+step "chaos on the clustered engines: a ZooKeeper server killed, the master crashed (about 1 minute)"
+./target/release/rideshare chaos --engines cluster --duration 30s \
+  --faults kill-zk-server,crash-master --json target/chaos-cluster.json
 
 step "cargo bench --no-run"
 cargo bench --workspace --bench '*' --no-run

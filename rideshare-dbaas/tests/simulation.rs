@@ -20,8 +20,8 @@
 //! corrupted snapshot, and a new worker killed while it installs one. The log's whole history
 //! is kept by an archive that follows it from the first entry, for the checker.
 //!
-//! `SIM_SEEDS=N` runs seeds 0..N (default 200); `SIM_SEED=S` replays one seed (`SIM_LOG=info`
-//! prints its log lines).
+//! `SIM_SEEDS=N` runs seeds 0..N (default 200), on one thread per core (`SIM_THREADS`);
+//! `SIM_SEED=S` replays one seed (`SIM_LOG=info` prints its log lines).
 
 #[path = "simulation/pause.rs"]
 mod pause;
@@ -972,22 +972,38 @@ fn simulated_cluster_keeps_every_guarantee_under_faults() {
         }
     };
     let started = std::time::Instant::now();
-    let mut failures = Vec::new();
-    for &seed in &seeds {
-        match run_seed(seed) {
-            Ok(summary) => {
-                if seeds.len() == 1 {
-                    println!("seed {seed}: {summary}");
+    // Seeds are independent (each its own runtime on its own thread): one thread per core,
+    // `SIM_THREADS` to choose.
+    let threads = std::env::var("SIM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&seed) = seeds.get(i) else { return };
+                match run_seed(seed) {
+                    Ok(summary) => {
+                        if seeds.len() == 1 {
+                            println!("seed {seed}: {summary}");
+                        }
+                    }
+                    Err(e) => {
+                        println!(
+                            "seed {seed} FAILED: {e}\n  replay: SIM_SEED={seed} cargo test -p rideshare-dbaas --test simulation -- --nocapture"
+                        );
+                        failures.lock().unwrap().push(seed);
+                    }
                 }
-            }
-            Err(e) => {
-                println!(
-                    "seed {seed} FAILED: {e}\n  replay: SIM_SEED={seed} cargo test -p rideshare-dbaas --test simulation -- --nocapture"
-                );
-                failures.push(seed);
-            }
+            });
         }
-    }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_unstable();
     println!(
         "simulation: {} seeds in {:.1}s, {} failed",
         seeds.len(),

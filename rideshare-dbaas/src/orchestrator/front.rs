@@ -141,6 +141,11 @@ impl Front {
         self.acked.load(Ordering::SeqCst)
     }
 
+    /// The highest index any client of this orchestrator has seen.
+    pub(super) fn seen_index(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// Calls waiting for a worker's answer now.
     pub(super) fn calls_waiting(&self) -> usize {
         self.writes.waiting() + self.reads.waiting()

@@ -121,6 +121,11 @@ async fn read(State(o): State<Arc<Orchestrator>>, body: Bytes) -> Result<Respons
             ))
         }
     };
+    if !o.knows_index(at_least).await.map_err(unavailable)? {
+        return Err(ApiError::bad_request(format!(
+            "field \"min_index\" ({at_least}) is past the log's end: not an index of this database"
+        )));
+    }
     let answer = o
         .client_read(op, Freshness { stale, at_least })
         .await

@@ -189,6 +189,13 @@ impl Orchestrator {
         self.front.acked_index()
     }
 
+    /// Whether `index` is one of the log's (a client's session token must be): at most the
+    /// highest index seen, or else at most the log's end, read only then. A token past the end
+    /// could never be served, so it is refused at once rather than waited for.
+    pub async fn knows_index(&self, index: u64) -> Result<bool> {
+        Ok(index <= self.front.seen_index() || index <= self.log.end().await?)
+    }
+
     pub fn target_slaves(&self) -> u64 {
         self.scaler.target()
     }
