@@ -448,6 +448,14 @@ async fn pick_worker(cluster: &EmbeddedCluster, rng: &mut SmallRng) -> Option<Wo
     Some(workers[rng.gen_range(0..workers.len())].clone())
 }
 
+/// Undoes a fault `during` from now, while the next faults come (it does not wait its turn).
+fn undo_after(during: Duration, undo: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(during).await;
+        undo();
+    });
+}
+
 /// Pauses `worker` for `pause`; if `expire_after` is shorter, its session expires then (late:
 /// ZooKeeper notices a silent holder only after the session timeout).
 async fn pause_worker(
@@ -584,10 +592,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
                         let lag = Duration::from_millis(rng.gen_range(20..150));
                         let during = Duration::from_millis(rng.gen_range(1000..6000));
                         gate.set_lag(lag);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(during).await;
-                            gate.set_lag(Duration::ZERO);
-                        });
+                        undo_after(during, move || gate.set_lag(Duration::ZERO));
                         format!(
                             "worker {} reads the log at {} ms an entry for {} ms",
                             w.pid,
@@ -613,20 +618,14 @@ async fn simulate(seed: u64) -> Result<String, String> {
                 let during = Duration::from_millis(rng.gen_range(200..2000));
                 cluster.broker.set_drop_rate(0.05);
                 let broker = cluster.broker.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(during).await;
-                    broker.set_drop_rate(0.0);
-                });
+                undo_after(during, move || broker.set_drop_rate(0.0));
                 format!("dropping 5% of messages for {} ms", during.as_millis())
             }
             FaultKind::DuplicateMessages => {
                 let during = Duration::from_millis(rng.gen_range(200..2000));
                 cluster.broker.set_duplicate_rate(0.2);
                 let broker = cluster.broker.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(during).await;
-                    broker.set_duplicate_rate(0.0);
-                });
+                undo_after(during, move || broker.set_duplicate_rate(0.0));
                 format!(
                     "delivering 20% of messages twice for {} ms",
                     during.as_millis()
