@@ -2,7 +2,8 @@
 //! random client operations, and random faults, polite and not: master and slave crashes,
 //! workers dying on their own (at once, or frozen first with their session expiring late),
 //! paused workers (every call held, the session expired late or not at all), slow replicas (the
-//! log read an entry at a time, tens of ms apart), the orchestrator
+//! log read an entry at a time, tens of ms apart), congestion (the master's replies late while
+//! a slave reads the log slowly), the orchestrator
 //! killed with requests in flight, dropped, duplicated, delayed and reordered messages, log and
 //! coordinator outages, expired sessions, and late appends of a deposed master (write entries of
 //! an older epoch landing after a newer marker, new ones and copies of old ones).
@@ -401,6 +402,7 @@ enum FaultKind {
     WorkerFreezesThenDies,
     PauseWorker,
     SlowReplica,
+    Congestion,
     KillOrchestrator,
     DropMessages,
     DuplicateMessages,
@@ -413,13 +415,14 @@ enum FaultKind {
     KillInstallingReplacement,
 }
 
-const FAULTS: [FaultKind; 16] = [
+const FAULTS: [FaultKind; 17] = [
     FaultKind::CrashMaster,
     FaultKind::CrashSlave,
     FaultKind::WorkerDies,
     FaultKind::WorkerFreezesThenDies,
     FaultKind::PauseWorker,
     FaultKind::SlowReplica,
+    FaultKind::Congestion,
     FaultKind::KillOrchestrator,
     FaultKind::DropMessages,
     FaultKind::DuplicateMessages,
@@ -454,6 +457,43 @@ fn undo_after(during: Duration, undo: impl FnOnce() + Send + 'static) {
         tokio::time::sleep(during).await;
         undo();
     });
+}
+
+/// A congested switch between the master, a slave and the rest: the master's messages (its
+/// write acknowledgements) reach the broker late while the slaves apply its entries at once, so
+/// reads are answered above the acknowledged index; and the slave reads the log slowly, so a
+/// later read it serves must not go back below such an answer. Lasts while the next faults come.
+async fn congestion(cluster: &EmbeddedCluster, gates: &Gates, rng: &mut SmallRng) -> String {
+    let Ok(Some(master)) = cluster.orchestrator().master().await else {
+        return "no master to slow".into();
+    };
+    let workers = cluster.runtime.list().await.unwrap_or_default();
+    let slaves: Vec<&WorkerHandle> = workers.iter().filter(|w| w.id != master.id).collect();
+    if slaves.is_empty() {
+        return "no slave to slow".into();
+    }
+    let slave = slaves[rng.gen_range(0..slaves.len())];
+    let (Some(master_gate), Some(slave_gate)) = (gates.get(&master.id), gates.get(&slave.id))
+    else {
+        return format!("no gate for {} or {}", master.id, slave.id);
+    };
+    let delay = Duration::from_millis(rng.gen_range(50..400));
+    let lag = Duration::from_millis(rng.gen_range(40..150));
+    let during = Duration::from_millis(rng.gen_range(1000..5000));
+    master_gate.set_send_delay(delay);
+    slave_gate.set_lag(lag);
+    undo_after(during, move || {
+        master_gate.set_send_delay(Duration::ZERO);
+        slave_gate.set_lag(Duration::ZERO);
+    });
+    format!(
+        "master {}'s messages reach the broker {} ms late, slave {} reads the log at {} ms an entry, for {} ms",
+        master.pid,
+        delay.as_millis(),
+        slave.pid,
+        lag.as_millis(),
+        during.as_millis()
+    )
 }
 
 /// Pauses `worker` for `pause`; if `expire_after` is shorter, its session expires then (late:
@@ -604,6 +644,7 @@ async fn simulate(seed: u64) -> Result<String, String> {
                 },
                 None => "no worker to slow".into(),
             },
+            FaultKind::Congestion => congestion(&cluster, &gates, &mut rng).await,
             FaultKind::KillOrchestrator => {
                 // Killed with whatever requests are in flight: they fail, outcome unknown.
                 cluster

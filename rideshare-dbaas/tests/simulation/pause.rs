@@ -1,9 +1,10 @@
-//! Pausing one task worker, as SIGSTOP pauses a process (or slowing its reading of the log): every call it makes to the broker, the
-//! log and the coordinator waits while its gate is closed, and goes on when it opens. Its
-//! coordinator session stays live (a paused process sends no heartbeats, but ZooKeeper only
-//! notices after the session timeout): the simulation expires it late, or not at all, on its own
-//! schedule. An append it was about to make lands when it resumes, after whatever the cluster
-//! did meanwhile (a deposed master's late append).
+//! Pausing one task worker, as SIGSTOP pauses a process (or slowing its reading of the log, or
+//! its messages to the broker): every call it makes to the broker, the log and the coordinator
+//! waits while its gate is closed, and goes on when it opens. Its coordinator session stays
+//! live (a paused process sends no heartbeats, but ZooKeeper only notices after the session
+//! timeout): the simulation expires it late, or not at all, on its own schedule. An append it
+//! was about to make lands when it resumes, after whatever the cluster did meanwhile (a deposed
+//! master's late append).
 //!
 //! Written here rather than in the engines: the pause belongs to the simulation's fault model,
 //! and the wrappers only forward.
@@ -30,6 +31,8 @@ pub struct Gate {
     sessions: Arc<Mutex<Vec<u64>>>,
     /// Each log entry reaches the worker this much later than the one before: a slow replica.
     lag: Arc<Mutex<Duration>>,
+    /// Each message the worker publishes reaches the broker this much later: a slow link.
+    send_delay: Arc<Mutex<Duration>>,
 }
 
 impl Gate {
@@ -38,12 +41,19 @@ impl Gate {
             paused: watch::channel(false).0,
             sessions: Arc::default(),
             lag: Arc::default(),
+            send_delay: Arc::default(),
         }
     }
 
     /// Makes the worker read the log `lag` per entry (zero: at full speed again).
     pub fn set_lag(&self, lag: Duration) {
         *self.lag.lock().unwrap() = lag;
+    }
+
+    /// Makes every message the worker publishes (its replies) reach the broker `delay` late
+    /// (zero: at once again).
+    pub fn set_send_delay(&self, delay: Duration) {
+        *self.send_delay.lock().unwrap() = delay;
     }
 
     /// Returns once the gate is open.
@@ -113,6 +123,10 @@ impl Broker for Gated<dyn Broker> {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<()> {
+        let delay = *self.gate.send_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.gate.pass().await;
         self.inner.publish(queue, message).await
     }
