@@ -60,9 +60,10 @@ step "chaos: the real engines under faults, checked (about 2 minutes)"
 
 # A RabbitMQ node's kill is left to tests/engines_cluster.rs above: its rejoin alone takes about
 # 50 s here, which the whole gate's 40 minutes cannot spare (docs/reliability.md has the runs).
-step "chaos on the clustered engines: a ZooKeeper server killed, the master crashed (about 1 minute)"
+step "chaos on the clustered engines: the master cut off from ZooKeeper and from RabbitMQ, a ZooKeeper server killed, the master crashed (about 1 minute)"
 ./target/release/rideshare chaos --engines cluster --duration 30s \
-  --faults kill-zk-server,crash-master --json target/chaos-cluster.json
+  --faults partition-master-zk,kill-zk-server,partition-master-rabbitmq,crash-master \
+  --cluster-faults kill-zk-server --json target/chaos-cluster.json
 
 step "cargo bench --no-run"
 cargo bench --workspace --bench '*' --no-run

@@ -16,6 +16,8 @@ use rideshare_dbaas::batch::Batching;
 /// The variable the AMQP URL is read from: it may carry a password, so a child process gets it
 /// in its environment, never on its command line (which `ps` shows every user of the host).
 pub const AMQP_URL_ENV: &str = "RIDESHARE_AMQP_URL";
+/// The variable `--worker-amqp-url` is read from; a secret like [`AMQP_URL_ENV`].
+pub const WORKER_AMQP_URL_ENV: &str = "RIDESHARE_WORKER_AMQP_URL";
 /// The variable the admin token is read from; a secret, passed like [`AMQP_URL_ENV`].
 pub const ADMIN_TOKEN_ENV: &str = "RIDESHARE_ADMIN_TOKEN";
 
@@ -68,9 +70,21 @@ pub struct RuntimeArgs {
         default_value = "rideshare-worker:latest"
     )]
     pub worker_image: String,
-    /// Docker network mode of worker containers; `host` reaches engines on loopback.
+    /// Docker network mode of worker containers; `host` reaches engines on loopback. Several
+    /// networks, comma-separated: the first is the mode, the others are connected before the
+    /// container starts (with `--worker-amqp-url` and `--worker-zk` naming the engines as the
+    /// workers reach them there).
     #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = "host")]
     pub docker_network: String,
+    /// The RabbitMQ URL(s) workers are given, when they reach RabbitMQ under another address
+    /// than this process does (workers on a Docker network of their own); default
+    /// `--amqp-url`. A secret like it: set it in the environment.
+    #[arg(long, env = WORKER_AMQP_URL_ENV, hide_env_values = true)]
+    pub worker_amqp_url: Option<String>,
+    /// The ZooKeeper connect string workers are given (see `--worker-amqp-url`); default
+    /// `--zk`.
+    #[arg(long, env = "RIDESHARE_WORKER_ZK")]
+    pub worker_zk: Option<String>,
     /// Label value naming this cluster's worker containers.
     #[arg(long, env = "RIDESHARE_CLUSTER", default_value = "rideshare")]
     pub cluster: String,
@@ -248,8 +262,9 @@ impl OrchestratorArgs {
     }
 
     /// The command line (after the program name, subcommand first) that parses back into these
-    /// flags. The AMQP URL and the admin token are left out: they are secrets, and the caller
-    /// passes them in the child's environment ([`AMQP_URL_ENV`], [`ADMIN_TOKEN_ENV`]).
+    /// flags. The AMQP URLs and the admin token are left out: they are secrets, and the caller
+    /// passes them in the child's environment ([`AMQP_URL_ENV`], [`WORKER_AMQP_URL_ENV`],
+    /// [`ADMIN_TOKEN_ENV`]).
     pub fn to_args(&self) -> Vec<OsString> {
         // Destructured here and below, so a field added without its flag fails to compile.
         let OrchestratorArgs {
@@ -310,6 +325,8 @@ impl RuntimeArgs {
             runtime,
             worker_image,
             docker_network,
+            worker_amqp_url: _,
+            worker_zk,
             cluster,
             worker_program,
             worker_data_dir,
@@ -322,6 +339,9 @@ impl RuntimeArgs {
         flag("runtime", runtime.into());
         flag("worker-image", worker_image.into());
         flag("docker-network", docker_network.into());
+        if let Some(zk) = worker_zk {
+            flag("worker-zk", zk.into());
+        }
         flag("cluster", cluster.into());
         if let Some(program) = worker_program {
             flag("worker-program", program.into());

@@ -237,6 +237,8 @@ mod tests {
                 runtime,
                 worker_image: "rideshare-worker:test".into(),
                 docker_network: "bridge".into(),
+                worker_amqp_url: None,
+                worker_zk: Some("10.9.0.1:2182/chaos-0000abcd".into()),
                 cluster: "chaos-0000abcd".into(),
                 worker_program: Some("/opt/rideshare/bin/rideshare".into()),
                 worker_data_dir: "/tmp/chaos-0000abcd/workers".into(),

@@ -70,6 +70,7 @@ impl EngineArgs {
     /// The AMQP URL is not among them: it goes in the environment (`worker_env`).
     fn worker_args(&self, runtime: &RuntimeArgs) -> anyhow::Result<Vec<String>> {
         let (_, zk) = self.urls()?;
+        let zk = runtime.worker_zk.as_deref().unwrap_or(zk);
         let snapshots = &runtime.snapshots;
         let mut args = vec![
             "--zk".into(),
@@ -104,8 +105,9 @@ impl EngineArgs {
 impl EngineArgs {
     /// The environment every worker gets: the AMQP URL, password included, which a command
     /// line would show to every user of the host through `ps`.
-    fn worker_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+    fn worker_env(&self, runtime: &RuntimeArgs) -> anyhow::Result<Vec<(String, String)>> {
         let (amqp, _) = self.urls()?;
+        let amqp = runtime.worker_amqp_url.as_deref().unwrap_or(amqp);
         let mut env = vec![(AMQP_URL_ENV.to_owned(), amqp.to_owned())];
         if crate::logging::format() == crate::logging::LogFormat::Json {
             env.push(("RIDESHARE_LOG_FORMAT".to_owned(), "json".to_owned()));
@@ -128,7 +130,7 @@ impl Engines {
 /// The runtime the flags ask for.
 pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result<Arc<dyn Runtime>> {
     let worker_args = engines.worker_args(args)?;
-    let worker_env = engines.worker_env()?;
+    let worker_env = engines.worker_env(args)?;
     Ok(match args.runtime {
         RuntimeKind::Process => {
             // A worker process follows its orchestrator out: a restarted orchestrator cannot
@@ -147,12 +149,14 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
             Arc::new(ProcessRuntime::new(config))
         }
         RuntimeKind::Docker => {
+            let mut networks = args.docker_network.split(',').map(str::trim);
             let docker = DockerRuntime::new(DockerConfig {
                 image: args.worker_image.clone(),
                 args: worker_args,
                 env: worker_env,
                 cluster: args.cluster.clone(),
-                network_mode: args.docker_network.clone(),
+                network_mode: networks.next().unwrap_or("host").to_owned(),
+                networks: networks.map(str::to_owned).collect(),
                 id_prefix: format!("{}-worker", args.cluster),
                 shared_dirs: args.snapshot_dir().into_iter().collect(),
                 ..DockerConfig::default()

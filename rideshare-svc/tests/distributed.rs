@@ -137,6 +137,8 @@ fn runtime_args(ns: &Namespace, runtime: RuntimeKind) -> RuntimeArgs {
         runtime,
         worker_image: "rideshare-worker:latest".into(),
         docker_network: "host".into(),
+        worker_amqp_url: None,
+        worker_zk: None,
         cluster: ns.name.clone(),
         worker_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_rideshare"))),
         worker_data_dir: PathBuf::from("/tmp/rideshare-workers").join(&ns.name),

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkConnectRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
@@ -46,6 +48,8 @@ pub struct DockerConfig {
     pub cluster: String,
     /// Docker network mode; `host` (default) lets workers reach engines on loopback.
     pub network_mode: String,
+    /// Further networks every container is connected to before it starts.
+    pub networks: Vec<String>,
     /// Container names (the worker ids) are `<id_prefix>-<random hex>`.
     pub id_prefix: String,
     /// The flag the id is passed with, after `args` (default `--id`); `None` passes none.
@@ -64,6 +68,7 @@ impl Default for DockerConfig {
             env: Vec::new(),
             cluster: "rideshare".to_owned(),
             network_mode: "host".to_owned(),
+            networks: Vec::new(),
             id_prefix: "rideshare-worker".to_owned(),
             id_arg: Some("--id".to_owned()),
             shared_dirs: Vec::new(),
@@ -320,6 +325,19 @@ impl Runtime for DockerRuntime {
             Ok(_) => {}
             Err(e) if status_of(&e) == Some(404) => return Err(self.missing_image()),
             Err(e) => return Err(Error::adapter(format!("creating container {name}"), e)),
+        }
+        for network in &self.config.networks {
+            let connect = NetworkConnectRequest {
+                container: Some(name.clone()),
+                ..NetworkConnectRequest::default()
+            };
+            if let Err(e) = self.docker.connect_network(network, connect).await {
+                let _ = self.remove(&name).await;
+                return Err(Error::adapter(
+                    format!("connecting container {name} to network {network}"),
+                    e,
+                ));
+            }
         }
         if let Err(e) = self
             .docker

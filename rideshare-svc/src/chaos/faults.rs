@@ -19,6 +19,7 @@ use super::clients::Recorder;
 use super::command::CommandLine;
 use super::namespace::{Namespace, Undo};
 use super::observe::Observer;
+use super::partition::{Engine, Healed, Networks};
 use super::wait_for;
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
 use crate::adapters::rabbit::RabbitLog;
@@ -51,6 +52,14 @@ pub enum Fault {
     /// orchestrator SIGKILLed while they are in flight, then started again: their outcomes are
     /// unknown, and none may be lost or applied twice.
     KillOrchestratorMidBurst,
+    /// The master cut off from ZooKeeper (`docker network disconnect` from the run's
+    /// ZooKeeper network, see `partition.rs`) for `--partition-for`, while it still reaches
+    /// RabbitMQ: its session expires, a slave is promoted, and the deposed master, still
+    /// consuming writes, must have none acknowledged that the new master's log fences off.
+    PartitionMasterZk,
+    /// The master cut off from RabbitMQ for `--partition-for`, while it keeps its ZooKeeper
+    /// session: writes stall until it is connected again (or its connection is given up).
+    PartitionMasterRabbitmq,
     /// `--engines cluster` only: kill -9 one RabbitMQ node (in rotation), start it again after
     /// `--engine-down-for` and wait until it has rejoined (see `cluster.rs`).
     KillRabbitmqNode,
@@ -59,6 +68,14 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Whether it needs the run's own networks (`partition.rs`).
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionMasterZk | Fault::PartitionMasterRabbitmq
+        )
+    }
+
     /// The key its change outside the run is undone under (see `Namespace::arm`).
     fn key(self) -> &'static str {
         match self {
@@ -145,6 +162,13 @@ pub enum Injected {
     },
     /// A fault on one node of the clustered engines (`--engines cluster`).
     Node(super::cluster::NodeFault),
+    Partitioned {
+        engine: Engine,
+        id: String,
+        pid: u32,
+        cut_for: Duration,
+        healed: Healed,
+    },
 }
 
 impl Injected {
@@ -152,7 +176,12 @@ impl Injected {
     pub fn starts_failover(&self) -> bool {
         matches!(
             self,
-            Injected::CrashedMaster { .. } | Injected::PausedMaster { .. }
+            Injected::CrashedMaster { .. }
+                | Injected::PausedMaster { .. }
+                | Injected::Partitioned {
+                    engine: Engine::Zookeeper,
+                    ..
+                }
         )
     }
 
@@ -235,6 +264,16 @@ impl fmt::Display for Injected {
                  {unknown} unknown"
             ),
             Injected::Node(done) => done.fmt(f),
+            Injected::Partitioned {
+                engine,
+                id,
+                pid,
+                cut_for,
+                healed,
+            } => write!(
+                f,
+                "cut master {id} (pid {pid}) off from {engine} for {cut_for:?}; healed: {healed:?}"
+            ),
         }
     }
 }
@@ -320,6 +359,9 @@ pub struct Injector<'a> {
     history: Recorder,
     /// `--engines cluster`: the engine faults act on its nodes.
     cluster: Option<&'a super::cluster::Cluster>,
+    /// The run's own networks, with a partition fault in the rotation.
+    networks: Option<&'a Networks>,
+    partition_for: Duration,
 }
 
 /// Commands that kill an engine and start it again, and how long it stays down.
@@ -340,6 +382,8 @@ pub struct Setup<'a> {
     pub engines: EngineKills<'a>,
     pub history: Recorder,
     pub cluster: Option<&'a super::cluster::Cluster>,
+    pub networks: Option<&'a Networks>,
+    pub partition_for: Duration,
 }
 
 impl Setup<'_> {
@@ -399,6 +443,8 @@ impl<'a> Injector<'a> {
             amqp: ns.amqp().to_owned(),
             history: setup.history,
             cluster: setup.cluster,
+            networks: setup.networks,
+            partition_for: setup.partition_for,
         })
     }
 
@@ -442,6 +488,8 @@ impl<'a> Injector<'a> {
             Fault::KillRabbitmqNode | Fault::KillZkServer => Err(FaultError::NotInjected(
                 "a node fault needs --engines cluster".into(),
             )),
+            Fault::PartitionMasterZk => self.partition_master(Engine::Zookeeper).await,
+            Fault::PartitionMasterRabbitmq => self.partition_master(Engine::Rabbitmq).await,
         }
     }
 
@@ -467,6 +515,34 @@ impl<'a> Injector<'a> {
             killed,
             down_for,
             start_took,
+        })
+    }
+
+    /// Cuts the master off from `engine` for `--partition-for`, then connects it again. Nothing
+    /// to undo if the run ends meanwhile: the namespace removes the container, and the
+    /// networks go with the run.
+    async fn partition_master(&self, engine: Engine) -> Result<Injected, FaultError> {
+        let networks = self.networks.ok_or_else(|| {
+            FaultError::NotInjected("the run has no networks of its own (--runtime docker)".into())
+        })?;
+        let master = self
+            .observer
+            .master()
+            .await
+            .ok_or_else(|| FaultError::NotInjected("no master to cut off".into()))?;
+        let address = networks
+            .cut(engine, &master.id)
+            .await
+            .map_err(|e| FaultError::NotInjected(format!("{e:#}")))?;
+        let cut = Instant::now();
+        tokio::time::sleep(self.partition_for).await;
+        let healed = networks.heal(engine, &master.id, &address).await;
+        Ok(Injected::Partitioned {
+            engine,
+            id: master.id,
+            pid: master.pid,
+            cut_for: cut.elapsed(),
+            healed,
         })
     }
 

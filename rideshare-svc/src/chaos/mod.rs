@@ -22,6 +22,7 @@ mod faults;
 mod history;
 mod namespace;
 mod observe;
+mod partition;
 mod report;
 
 use std::path::PathBuf;
@@ -106,6 +107,9 @@ pub struct ChaosArgs {
     /// answers; also run on the way out if the run ends while ZooKeeper is down.
     #[arg(long, default_value = "scripts/engines.sh start-zk")]
     pub start_zk_cmd: CommandLine,
+    /// How long the partition faults cut the master off from an engine.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub partition_for: Duration,
     /// How long a killed engine stays down before it is started again.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub engine_down_for: Duration,
@@ -186,12 +190,20 @@ fn setup(args: &ChaosArgs, history: Recorder) -> Setup<'_> {
         },
         history,
         cluster: None,
+        networks: None,
+        partition_for: args.partition_for,
     }
 }
 
 /// Before anything is started: every command the faults asked for can run (the engines were
 /// started by `scripts/engines.sh`, or commands were given that act on them).
 fn preflight(args: &ChaosArgs) -> anyhow::Result<()> {
+    if args.runtime != RuntimeKind::Docker && faults(args).iter().any(|f| f.is_partition()) {
+        bail!(
+            "the partition faults cut a worker container off a Docker network: they need \
+             --runtime docker"
+        );
+    }
     if args.engines == cluster::Engines::Cluster {
         // The engine faults act on the cluster's nodes (cluster.rs), not through those commands.
         return cluster::preflight(&args.cluster_script);
@@ -215,7 +227,18 @@ fn preflight(args: &ChaosArgs) -> anyhow::Result<()> {
 
 async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
     preflight(args)?;
-    let mut ns = Namespace::create(&settings(args))?;
+    let name = namespace::new_name();
+    let mut settings = settings(args, name.clone());
+    // Declared before the namespace, so dropped after it: the containers go first.
+    let networks = if faults(args).iter().any(|f| f.is_partition()) {
+        let (networks, view) =
+            partition::Networks::create(&name, settings.amqp_base, settings.zk).await?;
+        settings.workers = Some(view);
+        Some(networks)
+    } else {
+        None
+    };
+    let mut ns = Namespace::create(&settings)?;
     println!(
         "chaos: namespace {} (logs in {})",
         ns.name(),
@@ -227,7 +250,14 @@ async fn run_in_namespace(args: &ChaosArgs) -> anyhow::Result<()> {
     await_first_write(&api, &ns).await?;
     let load = Load::start(&api, args.clients, args.seed);
     let started = Instant::now();
-    let mut record = inject_faults(args, &mut ns, &api, &observer, &load, started).await?;
+    let mut record = inject_faults(
+        args,
+        &mut ns,
+        networks.as_ref(),
+        (&api, &observer, &load),
+        started,
+    )
+    .await?;
     let events = settle(&api, load, started).await?;
     let checked = check::check_run(
         ns.amqp(),
@@ -253,9 +283,11 @@ fn faults(args: &ChaosArgs) -> Vec<Fault> {
     cluster::rotation(args.engines, &args.faults, &args.cluster_faults)
 }
 
-fn settings(args: &ChaosArgs) -> Settings<'_> {
+fn settings(args: &ChaosArgs, name: String) -> Settings<'_> {
     let cluster = args.engines == cluster::Engines::Cluster;
     Settings {
+        name,
+        workers: None,
         amqp_base: if cluster {
             &args.cluster_amqp
         } else {
@@ -297,15 +329,15 @@ async fn await_first_write(api: &Api, ns: &Namespace) -> anyhow::Result<()> {
 async fn inject_faults(
     args: &ChaosArgs,
     ns: &mut Namespace,
-    api: &Api,
-    observer: &Observer,
-    load: &Load,
+    networks: Option<&partition::Networks>,
+    (api, observer, load): (&Api, &Observer, &Load),
     started: Instant,
 ) -> anyhow::Result<Record> {
     let nodes = (args.engines == cluster::Engines::Cluster)
         .then(|| cluster::Cluster::new(args.cluster_script.clone(), args.engine_down_for));
     let mut setup = setup(args, load.recorder());
     setup.cluster = nodes.as_ref();
+    setup.networks = networks;
     let injector = Injector::new(setup, ns, api, observer).await?;
     let mut record = Record::default();
     for fault in faults(args).into_iter().cycle() {

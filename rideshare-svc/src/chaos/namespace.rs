@@ -19,12 +19,17 @@ use anyhow::Context;
 use rideshare_dbaas::coord::{Coordinator, Session};
 
 use super::command::CommandLine;
+use super::partition::WorkerView;
 use crate::adapters::docker::{DockerConfig, DockerRuntime};
 use crate::adapters::zk::ZkCoordinator;
-use crate::args::{OrchestratorArgs, RuntimeKind, ADMIN_TOKEN_ENV, AMQP_URL_ENV};
+use crate::args::{
+    OrchestratorArgs, RuntimeKind, ADMIN_TOKEN_ENV, AMQP_URL_ENV, WORKER_AMQP_URL_ENV,
+};
 
 /// Where the run's namespace lives, and how its orchestrator runs.
 pub struct Settings<'a> {
+    /// The run's name (see [`new_name`]).
+    pub name: String,
     /// RabbitMQ URL without a vhost.
     pub amqp_base: &'a str,
     /// ZooKeeper connect string without the run's chroot.
@@ -37,12 +42,22 @@ pub struct Settings<'a> {
     pub snapshot_every: u64,
     /// `rabbitmqctl -n` targets, tried in turn (the cluster's nodes); empty: its default node.
     pub rabbitmq_nodes: Vec<String>,
+    /// The engines as the workers reach them, when that is through the run's own networks
+    /// (the partition faults); `None`: as this process does.
+    pub workers: Option<WorkerView>,
+}
+
+/// `chaos-<random hex>`: the vhost, the chroot and the workers' cluster label.
+pub fn new_name() -> String {
+    format!("chaos-{:08x}", rand::random::<u32>())
 }
 
 pub struct Namespace {
     /// `chaos-<random hex>`: the vhost, the chroot and the workers' cluster label.
     name: String,
     amqp: String,
+    /// The run's RabbitMQ URL(s) as the workers reach them, if not as `amqp`.
+    worker_amqp: Option<String>,
     zk_base: String,
     /// Where `rabbitmqctl` is run (see `Settings::rabbitmq_nodes`).
     rabbitmq_nodes: Vec<String>,
@@ -71,7 +86,7 @@ impl Namespace {
     /// Creates the vhost and the work directory and starts the orchestrator (the chroot is
     /// created by the first session in it). From the vhost on, the value is the guard.
     pub fn create(settings: &Settings<'_>) -> anyhow::Result<Self> {
-        let name = format!("chaos-{:08x}", rand::random::<u32>());
+        let name = settings.name.clone();
         let work_dir = std::env::temp_dir().join(&name);
         let zk = format!("{}/{name}", settings.zk);
         let orchestrator = orchestrator_args(settings, &name, zk, &work_dir)?;
@@ -80,6 +95,10 @@ impl Namespace {
             .context("creating a RabbitMQ vhost (is RabbitMQ running, and rabbitmqctl here?)")?;
         let mut ns = Namespace {
             amqp: super::cluster::with_vhost(settings.amqp_base, &name),
+            worker_amqp: settings
+                .workers
+                .as_ref()
+                .map(|view| super::cluster::with_vhost(&view.amqp_base, &name)),
             rabbitmq_nodes: nodes,
             zk_base: settings.zk.to_owned(),
             admin_token: format!("{:032x}", rand::random::<u128>()),
@@ -111,6 +130,9 @@ impl Namespace {
         } else {
             Command::new(exe)
         };
+        if let Some(amqp) = &self.worker_amqp {
+            command.env(WORKER_AMQP_URL_ENV, amqp);
+        }
         let child = command
             .args(self.orchestrator.to_args())
             // The URL and the token are secrets: the environment, not the command line.
@@ -209,6 +231,10 @@ fn orchestrator_args(
     args.scaling.scale_interval = settings.scale_interval;
     args.scaling.reads_per_slave = settings.reads_per_slave;
     args.runtime.snapshots.snapshot_every = settings.snapshot_every;
+    if let Some(view) = &settings.workers {
+        args.runtime.docker_network = view.docker_network.clone();
+        args.runtime.worker_zk = Some(format!("{}/{name}", view.zk));
+    }
     Ok(args)
 }
 

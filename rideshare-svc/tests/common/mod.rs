@@ -94,6 +94,8 @@ pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
             runtime: RuntimeKind::Docker,
             worker_image: "rideshare-worker:latest".into(),
             docker_network: "host".into(),
+            worker_amqp_url: None,
+            worker_zk: None,
             cluster: "rideshare".into(),
             worker_program: None,
             worker_data_dir: data_dir.join("workers"),
