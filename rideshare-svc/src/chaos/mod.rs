@@ -4,14 +4,17 @@
 //! It runs an orchestrator process (Docker workers) in a RabbitMQ virtual host and a ZooKeeper
 //! chroot of its own, drives concurrent clients against it, and injects faults on a schedule:
 //! crash the master, crash a slave, kill -9 and restart the orchestrator, restart RabbitMQ,
-//! restart ZooKeeper, pause the master past its session timeout and resume it, and read bursts
-//! that make the scaler add and then remove slaves. Then it replays the write log and checks
+//! restart ZooKeeper, pause the master past its session timeout and resume it, read bursts
+//! that make the scaler add and then remove slaves, and more (`faults::Fault` has every kind:
+//! engines SIGKILLed, a paused slave, the master cut off from one engine). Then it replays the write log and checks
 //! the history against it (`rideshare_dbaas::checker`). Traffic goes to loopback only.
 //!
 //! One job per module: `namespace` (the run's vhost, chroot, token and orchestrator, removed
 //! however the run ends), `clients` (the load and its history), `faults` (injection, typed),
 //! `api` and `observe` (what the run reads of the orchestrator and of ZooKeeper), `check`
-//! (replay and checker), `report` (figures and verdict). `run` is the sequence of steps.
+//! (replay and checker), `report` (figures and verdict), `cluster` (the clustered engines'
+//! node faults), `partition` (the networks and relays the partition faults cut). `run` is the
+//! sequence of steps.
 
 mod api;
 mod check;
