@@ -149,7 +149,15 @@ pub async fn runtime(engines: &EngineArgs, args: &RuntimeArgs) -> anyhow::Result
             Arc::new(ProcessRuntime::new(config))
         }
         RuntimeKind::Docker => {
-            let mut networks = args.docker_network.split(',').map(str::trim);
+            let names: Vec<&str> = args.docker_network.split(',').map(str::trim).collect();
+            if names.iter().any(|n| n.is_empty()) {
+                anyhow::bail!(
+                    "--docker-network {:?}: a network name is empty (give a mode, then any \
+                     further networks, comma-separated)",
+                    args.docker_network
+                );
+            }
+            let mut networks = names.into_iter();
             let docker = DockerRuntime::new(DockerConfig {
                 image: args.worker_image.clone(),
                 args: worker_args,
