@@ -415,6 +415,40 @@ impl<S: Store> StateMachine<S> {
         if index <= self.store.applied_index()? {
             return Ok(Applied::AlreadyApplied);
         }
+        self.apply_one(index, request, op)
+    }
+
+    /// Applies the writes of one log record (a commit group of the master's), in order, all at
+    /// `index`: each at most once per request id (a later write of the group sees the earlier
+    /// ones), and the record at most once. Whoever needs the record applied whole or not at all
+    /// across a crash runs this inside [`StateMachine::grouped`], as the worker does.
+    pub fn apply_record<'a>(
+        &mut self,
+        index: u64,
+        writes: impl IntoIterator<Item = (&'a RequestId, &'a WriteOp)>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let writes = writes.into_iter();
+        if index <= self.store.applied_index()? {
+            return Ok(writes.map(|_| Applied::AlreadyApplied).collect());
+        }
+        let mut applied = Vec::with_capacity(writes.size_hint().0);
+        for (request, op) in writes {
+            applied.push(self.apply_one(index, request, op)?);
+        }
+        if applied.is_empty() {
+            self.skip(index)?;
+        }
+        Ok(applied)
+    }
+
+    /// One write at `index`, which is above the applied index or equal to it (an earlier write
+    /// of the same record).
+    fn apply_one(
+        &mut self,
+        index: u64,
+        request: &RequestId,
+        op: &WriteOp,
+    ) -> Result<Applied, StoreError> {
         if let Some(first) = self.store.applied_request(request)? {
             self.commit(Commit {
                 index,

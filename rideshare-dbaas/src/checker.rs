@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::log::Record;
-use crate::protocol::{decode_versioned, EntryBody, LogEntry};
+use crate::protocol::{decode_versioned, EntryBody, GroupedWrite, LogEntry};
 use crate::replica::{ReplicaCore, Step};
 
 /// How an operation ended, as the client saw it.
@@ -78,8 +78,11 @@ pub struct Replay<S> {
     /// appends), and the indexes of those among them that the replay applied.
     pub fenced_entries: u64,
     pub fenced_applied: Vec<u64>,
-    /// Entries that repeat a request id applied at an earlier index: (index, first index).
-    pub repeats: BTreeMap<u64, u64>,
+    /// Records holding several writes (the master's group commit), and the writes in them.
+    pub group_records: u64,
+    pub group_writes: u64,
+    /// Writes that repeat a request id applied before: (index, request id) → the first index.
+    pub repeats: BTreeMap<(u64, RequestId), u64>,
     /// The reference checksum at each index asked for with [`Replay::checksums_at`].
     checksums: BTreeMap<u64, Option<u64>>,
     /// The newest epoch marker seen, read from the entries themselves rather than the core.
@@ -97,6 +100,8 @@ impl<S: Store> Replay<S> {
             fenced_entries: 0,
             fenced_applied: Vec::new(),
             repeats: BTreeMap::new(),
+            group_records: 0,
+            group_writes: 0,
             checksums: BTreeMap::new(),
             newest_marker: 0,
             core: ReplicaCore::default(),
@@ -134,24 +139,38 @@ impl<S: Store> Replay<S> {
             self.fenced_applied.push(record.index);
         }
         match step {
-            Step::Apply {
-                index,
-                request_id,
-                op,
-                ..
-            } => match self.outcomes.get(&request_id) {
+            Step::Apply { index, writes, .. } => {
+                if writes.len() > 1 {
+                    self.group_records += 1;
+                    self.group_writes += writes.len() as u64;
+                }
                 // The checker's own memory: a request id applies once, whatever the machine's
                 // deduplication would say.
-                Some((first, _)) => {
-                    self.repeats.insert(index, *first);
-                    self.machine.skip(index)?;
-                }
-                None => {
-                    if let Applied::Fresh(outcome) = self.machine.apply(index, &request_id, &op)? {
-                        self.outcomes.insert(request_id, (index, outcome));
+                let mut fresh = Vec::with_capacity(writes.len());
+                for write in writes {
+                    match self.outcomes.get(&write.request_id) {
+                        Some((first, _)) => {
+                            self.repeats.insert((index, write.request_id), *first);
+                        }
+                        None if fresh
+                            .iter()
+                            .any(|w: &GroupedWrite| w.request_id == write.request_id) =>
+                        {
+                            // Twice in one record: the second is a repeat at the same index.
+                            self.repeats.insert((index, write.request_id), index);
+                        }
+                        None => fresh.push(write),
                     }
                 }
-            },
+                let applied = self
+                    .machine
+                    .apply_record(index, fresh.iter().map(|w| (&w.request_id, &w.op)))?;
+                for (write, applied) in fresh.into_iter().zip(applied) {
+                    if let Applied::Fresh(outcome) = applied {
+                        self.outcomes.insert(write.request_id, (index, outcome));
+                    }
+                }
+            }
             Step::Skip { index, .. } => self.machine.skip(index)?,
         }
         if let Some(slot) = self.checksums.get(&record.index) {
@@ -173,7 +192,7 @@ impl<S: Store> Replay<S> {
                 self.newest_marker = self.newest_marker.max(entry.epoch);
                 false
             }
-            EntryBody::Write { .. } => {
+            EntryBody::Write { .. } | EntryBody::Writes { .. } => {
                 let stale = entry.epoch < self.newest_marker;
                 self.fenced_entries += u64::from(stale);
                 stale
@@ -300,7 +319,8 @@ fn check_writes<S: Store>(
                         ));
                     }
                     Some((first, applied))
-                        if applied != outcome && replay.repeats.get(index) == Some(first) =>
+                        if applied != outcome
+                            && replay.repeats.get(&(*index, request_id.clone())) == Some(first) =>
                     {
                         verdict.duplicated += 1;
                         verdict.problem(format!(
@@ -695,7 +715,7 @@ mod tests {
         ] {
             replay.apply(&r).unwrap();
         }
-        assert_eq!(replay.repeats.get(&5), Some(&3));
+        assert_eq!(replay.repeats.get(&(5, RequestId("c".into()))), Some(&3));
         let first = replay.outcomes[&RequestId("c".into())].1.clone();
         let again = WriteOutcome::RideCreated {
             ride_id: rideshare_core::RideId(2),

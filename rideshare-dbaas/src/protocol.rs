@@ -184,6 +184,31 @@ pub enum EntryBody {
         request_id: RequestId,
         op: WriteOp,
     },
+    /// Several writes in one record (group commit): applied in order, each by the rule of a
+    /// lone `Write`, all at the record's index and in one transaction.
+    Writes {
+        writes: Vec<GroupedWrite>,
+    },
+}
+
+/// One write of a [`EntryBody::Writes`] record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupedWrite {
+    pub request_id: RequestId,
+    pub op: WriteOp,
+}
+
+impl EntryBody {
+    /// The record's body for `writes`: a lone `Write` for one (as every record was before group
+    /// commit), `Writes` for more.
+    pub fn writes(mut writes: Vec<GroupedWrite>) -> Self {
+        if writes.len() == 1 {
+            let GroupedWrite { request_id, op } = writes.remove(0);
+            EntryBody::Write { request_id, op }
+        } else {
+            EntryBody::Writes { writes }
+        }
+    }
 }
 
 /// A worker's membership record (the data of its ephemeral node).

@@ -2,19 +2,21 @@
 //! async, so the worker, the history checker and the simulation all replay through it.
 //!
 //! The rule (DESIGN.md, "Replication"): an epoch marker raises the replica's epoch when it is
-//! newer, and leaves its index empty; a write is applied only when it was written under the
-//! newest epoch applied so far, otherwise it is fenced off (its index left empty) because its
-//! writer was deposed; an entry that does not decode is left empty by every replica alike.
+//! newer, and leaves its index empty; a write record (one write, or several of one commit
+//! group) is applied only when it was written under the newest epoch applied so far, otherwise
+//! it is fenced off (its index left empty) because its writer was deposed; an entry that does
+//! not decode is left empty by every replica alike. The writes of one record apply in their
+//! order, each at most once per request id, all at the record's index.
 //! A master hears only of its own writes, and learns from a newer marker that it is deposed.
 //!
 //! The core decides; the caller does the IO: it applies or skips the index on its store and,
 //! once the commit group is durable, carries out the effects.
 
 use rideshare_core::machine::Applied;
-use rideshare_core::ops::{RequestId, WriteOp, WriteOutcome};
+use rideshare_core::ops::{RequestId, WriteOutcome};
 
 use crate::log::Record;
-use crate::protocol::{decode_versioned, EntryBody, LogEntry, Refusal};
+use crate::protocol::{decode_versioned, EntryBody, GroupedWrite, LogEntry, Refusal};
 
 /// One replica's view of the epochs: the newest marker applied, and its own epoch while it is
 /// master (0 otherwise).
@@ -27,11 +29,10 @@ pub struct ReplicaCore {
 /// What to do with one record's index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Apply `op` at `index`; `mine` when this master wrote it in its own epoch.
+    /// Apply `writes` in order at `index`; `mine` when this master wrote them in its own epoch.
     Apply {
         index: u64,
-        request_id: RequestId,
-        op: WriteOp,
+        writes: Vec<GroupedWrite>,
         mine: bool,
     },
     /// Leave `index` empty.
@@ -45,8 +46,11 @@ pub enum Skip {
     Undecodable(String),
     /// An epoch marker.
     EpochMarker,
-    /// A write of a deposed master: written under an older epoch than the newest marker.
-    Fenced { request_id: RequestId, mine: bool },
+    /// The writes of a deposed master: written under an older epoch than the newest marker.
+    Fenced {
+        request_ids: Vec<RequestId>,
+        mine: bool,
+    },
 }
 
 /// What a replica tells others about a record, once its commit group is durable.
@@ -92,53 +96,72 @@ impl ReplicaCore {
                 let why = Skip::EpochMarker;
                 (Step::Skip { index, why }, deposed)
             }
-            EntryBody::Write { request_id, op } if entry.epoch == self.epoch => (
+            EntryBody::Write { request_id, op } => self.writes(
+                index,
+                entry.epoch,
+                mine,
+                vec![GroupedWrite { request_id, op }],
+            ),
+            EntryBody::Writes { writes } => self.writes(index, entry.epoch, mine, writes),
+        }
+    }
+
+    fn writes(
+        &self,
+        index: u64,
+        epoch: u64,
+        mine: bool,
+        writes: Vec<GroupedWrite>,
+    ) -> (Step, Option<Effect>) {
+        if epoch == self.epoch {
+            return (
                 Step::Apply {
                     index,
-                    request_id,
-                    op,
+                    writes,
                     mine,
                 },
                 None,
-            ),
-            EntryBody::Write { request_id, .. } => {
-                let why = Skip::Fenced { request_id, mine };
-                (Step::Skip { index, why }, None)
-            }
+            );
         }
+        let request_ids = writes.into_iter().map(|w| w.request_id).collect();
+        let why = Skip::Fenced { request_ids, mine };
+        (Step::Skip { index, why }, None)
     }
 }
 
 impl Step {
-    /// The answer this master owes for the step, given what applying it did (`None` when the
-    /// index was skipped). Only a master's own writes are answered: an older master's entry
-    /// with the same request id must not answer this master's waiter.
-    pub fn answer(&self, applied: Option<&Applied>) -> Option<Effect> {
-        match (self, applied) {
-            (
-                Step::Apply {
-                    index,
-                    request_id,
-                    mine: true,
-                    ..
-                },
-                Some(Applied::Fresh(outcome) | Applied::Duplicate(outcome)),
-            ) => Some(Effect::Answer(
-                request_id.clone(),
-                Ok((*index, outcome.clone())),
-            )),
-            (
-                Step::Skip {
-                    why:
-                        Skip::Fenced {
-                            request_id,
-                            mine: true,
-                        },
-                    ..
-                },
-                _,
-            ) => Some(Effect::Answer(request_id.clone(), Err(Refusal::NotMaster))),
-            _ => None,
+    /// The answers this master owes for the step, given what applying each of its writes did
+    /// (empty when the index was skipped). Only a master's own writes are answered: an older
+    /// master's entry with the same request id must not answer this master's waiter.
+    pub fn answers(&self, applied: &[Applied]) -> Vec<Effect> {
+        match self {
+            Step::Apply {
+                index,
+                writes,
+                mine: true,
+            } => writes
+                .iter()
+                .zip(applied)
+                .filter_map(|(write, applied)| match applied {
+                    Applied::Fresh(outcome) | Applied::Duplicate(outcome) => Some(Effect::Answer(
+                        write.request_id.clone(),
+                        Ok((*index, outcome.clone())),
+                    )),
+                    Applied::AlreadyApplied => None,
+                })
+                .collect(),
+            Step::Skip {
+                why:
+                    Skip::Fenced {
+                        request_ids,
+                        mine: true,
+                    },
+                ..
+            } => request_ids
+                .iter()
+                .map(|id| Effect::Answer(id.clone(), Err(Refusal::NotMaster)))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -218,11 +241,11 @@ mod tests {
         );
         let (step, _) = core.step(&write(11, 2, "mine"));
         assert_eq!(
-            step.answer(None),
-            Some(Effect::Answer(
+            step.answers(&[]),
+            vec![Effect::Answer(
                 RequestId("mine".into()),
                 Err(Refusal::NotMaster)
-            ))
+            )]
         );
     }
 
@@ -232,16 +255,64 @@ mod tests {
         let (mine, _) = core.step(&write(1, 3, "x"));
         let done = Applied::Fresh(WriteOutcome::Done);
         assert_eq!(
-            mine.answer(Some(&done)),
-            Some(Effect::Answer(
+            mine.answers(std::slice::from_ref(&done)),
+            vec![Effect::Answer(
                 RequestId("x".into()),
                 Ok((1, WriteOutcome::Done))
-            ))
+            )]
         );
-        assert_eq!(mine.answer(Some(&Applied::AlreadyApplied)), None);
+        assert_eq!(mine.answers(&[Applied::AlreadyApplied]), vec![]);
         let mut follower = ReplicaCore::at(3, 0);
         let (theirs, _) = follower.step(&write(1, 3, "x"));
-        assert_eq!(theirs.answer(Some(&done)), None);
+        assert_eq!(theirs.answers(&[done]), vec![]);
+    }
+
+    fn group(index: u64, epoch: u64, ids: &[&str]) -> Record {
+        let writes = ids
+            .iter()
+            .map(|id| GroupedWrite {
+                request_id: RequestId((*id).into()),
+                op: WriteOp::ClearAll,
+            })
+            .collect();
+        record(index, epoch, EntryBody::Writes { writes })
+    }
+
+    #[test]
+    fn a_group_record_applies_its_writes_in_order_and_each_is_answered_at_its_index() {
+        let mut core = ReplicaCore::at(4, 4);
+        let (step, _) = core.step(&group(9, 4, &["a", "b", "c"]));
+        let Step::Apply {
+            index: 9,
+            writes,
+            mine: true,
+        } = &step
+        else {
+            panic!("{step:?}");
+        };
+        let ids: Vec<_> = writes.iter().map(|w| w.request_id.0.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let done = Applied::Fresh(WriteOutcome::Done);
+        let again = Applied::Duplicate(WriteOutcome::Done);
+        let answers = step.answers(&[done, Applied::AlreadyApplied, again]);
+        let answered: Vec<_> = answers
+            .iter()
+            .map(|e| match e {
+                Effect::Answer(id, Ok((9, _))) => id.0.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(answered, ["a", "c"]);
+        // A deposed master's group is fenced whole, and each of its writes refused.
+        core.step(&marker(10, 5));
+        let (fenced, _) = core.step(&group(11, 4, &["d", "e"]));
+        assert_eq!(
+            fenced.answers(&[]),
+            vec![
+                Effect::Answer(RequestId("d".into()), Err(Refusal::NotMaster)),
+                Effect::Answer(RequestId("e".into()), Err(Refusal::NotMaster)),
+            ]
+        );
     }
 
     #[test]

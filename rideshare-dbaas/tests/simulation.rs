@@ -837,14 +837,17 @@ async fn simulate(seed: u64) -> Result<String, String> {
         ));
     }
     cluster.shutdown();
+    GROUP_RECORDS.fetch_add(reference.group_records, std::sync::atomic::Ordering::Relaxed);
+    GROUP_WRITES.fetch_add(reference.group_writes, std::sync::atomic::Ordering::Relaxed);
     Ok(format!(
-        "ops {} (ok {}, failed {}, unknown {}; once quiet {quiet_ok} of {} ok), log {} entries (first kept {first}), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {} ({} alive once quiet, {} digests published), faults {:?}",
+        "ops {} (ok {}, failed {}, unknown {}; once quiet {quiet_ok} of {} ok), log {} entries (first kept {first}, {} of several writes), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {} ({} alive once quiet, {} digests published), faults {:?}",
         history.events.len(),
         verdict.ops_ok,
         verdict.ops_failed,
         verdict.ops_unknown,
         quiet.len(),
         reference.end,
+        reference.group_records,
         reference.epochs,
         verdict.fenced_entries,
         verdict.replicas_checked,
@@ -905,7 +908,9 @@ async fn late_append_of_a_deposed_master(
         };
         match entry.body {
             EntryBody::EpochMarker { .. } => newest = newest.max(entry.epoch),
-            EntryBody::Write { .. } => older_writes.push((entry.epoch, record.data)),
+            EntryBody::Write { .. } | EntryBody::Writes { .. } => {
+                older_writes.push((entry.epoch, record.data))
+            }
         }
     }
     if newest < 2 {
@@ -977,6 +982,10 @@ fn corrupt_newest_snapshot(snapshots: Option<&SnapshotDir>, rng: &mut SmallRng) 
     format!("corrupted {} at byte {at}", path.display())
 }
 
+/// Records of several writes (the master's group commit) over every seed, and their writes.
+static GROUP_RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static GROUP_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn run_seed(seed: u64) -> Result<String, String> {
     CORRUPTED.with(|c| c.borrow_mut().clear());
     // `SIM_LOG=info` (an env filter) prints the cluster's log lines, for one seed.
@@ -1044,11 +1053,19 @@ fn simulated_cluster_keeps_every_guarantee_under_faults() {
     });
     let mut failures = failures.into_inner().unwrap();
     failures.sort_unstable();
+    let group_records = GROUP_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
+    let group_writes = GROUP_WRITES.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "simulation: {} seeds in {:.1}s, {} failed",
+        "simulation: {} seeds in {:.1}s, {} failed; {group_records} log records of several writes ({group_writes} writes)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         failures.len()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    // The guarantees must hold with group commit at work, not only beside it.
+    assert!(
+        seeds.len() < 20 || group_records > 0,
+        "no log record of several writes in {} seeds: group commit was never exercised",
+        seeds.len()
+    );
 }

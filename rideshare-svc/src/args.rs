@@ -12,6 +12,7 @@ use clap::{Args, FromArgMatches};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
 use rideshare_dbaas::batch::Batching;
+use rideshare_dbaas::worker::GroupCommit;
 
 /// The variable the AMQP URL is read from: it may carry a password, so a child process gets it
 /// in its environment, never on its command line (which `ps` shows every user of the host).
@@ -100,6 +101,8 @@ pub struct RuntimeArgs {
     pub worker_data_dir: PathBuf,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
+    #[command(flatten)]
+    pub group_commit: GroupCommitArgs,
 }
 
 impl RuntimeArgs {
@@ -110,6 +113,70 @@ impl RuntimeArgs {
             .snapshots
             .dir(self.worker_data_dir.join("snapshots").join(&self.cluster))?;
         Some(std::path::absolute(&dir).unwrap_or(dir))
+    }
+}
+
+/// The master's group commit (see `rideshare_dbaas::worker::GroupCommit`): the writes waiting
+/// for the master go into the log as one record.
+#[derive(Debug, Clone, Args)]
+pub struct GroupCommitArgs {
+    /// Writes in one log record at most (1: every write its own record).
+    #[arg(long, env = "RIDESHARE_GROUP_MAX", default_value_t = GroupCommitArgs::default().group_max, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub group_max: u64,
+    /// How long a record's first write may wait for more to join it (0s: only the writes
+    /// already waiting join).
+    #[arg(long, env = "RIDESHARE_GROUP_WAIT", default_value = "0s", value_parser = parse_group_wait)]
+    pub group_wait: Duration,
+    /// Records appended and not yet confirmed by the log at most; while they are, new writes
+    /// wait and go out together in the next record.
+    #[arg(long, env = "RIDESHARE_GROUP_IN_FLIGHT", default_value_t = GroupCommitArgs::default().group_in_flight, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub group_in_flight: u64,
+}
+
+/// A group wait of at most one second: longer would hold every write that long.
+fn parse_group_wait(text: &str) -> Result<Duration, String> {
+    let wait = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if wait > Duration::from_secs(1) {
+        return Err(format!("{text} is over the 1s bound"));
+    }
+    Ok(wait)
+}
+
+/// The worker's own defaults (`GroupCommit::default`), so they are written once.
+impl Default for GroupCommitArgs {
+    fn default() -> Self {
+        let defaults = GroupCommit::default();
+        GroupCommitArgs {
+            group_max: defaults.max as u64,
+            group_wait: defaults.wait,
+            group_in_flight: defaults.in_flight as u64,
+        }
+    }
+}
+
+impl GroupCommitArgs {
+    /// The worker's settings.
+    pub fn settings(&self) -> GroupCommit {
+        GroupCommit {
+            max: usize::try_from(self.group_max).unwrap_or(usize::MAX),
+            wait: self.group_wait,
+            in_flight: usize::try_from(self.group_in_flight).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The flags, as workers and child orchestrators are given them.
+    pub fn push_args(&self, flag: &mut impl FnMut(&str, OsString)) {
+        let GroupCommitArgs {
+            group_max,
+            group_wait,
+            group_in_flight,
+        } = self;
+        flag("group-max", group_max.to_string().into());
+        flag(
+            "group-wait",
+            humantime::format_duration(*group_wait).to_string().into(),
+        );
+        flag("group-in-flight", group_in_flight.to_string().into());
     }
 }
 
@@ -331,6 +398,7 @@ impl RuntimeArgs {
             worker_program,
             worker_data_dir,
             snapshots,
+            group_commit,
         } = self;
         let runtime = match runtime {
             RuntimeKind::Docker => "docker",
@@ -348,6 +416,7 @@ impl RuntimeArgs {
         }
         flag("worker-data-dir", worker_data_dir.into());
         snapshots.push_args(flag);
+        group_commit.push_args(flag);
     }
 }
 

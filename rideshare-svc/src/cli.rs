@@ -141,6 +141,8 @@ pub struct WorkerArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub snapshots: crate::args::SnapshotArgs,
+    #[command(flatten)]
+    pub group_commit: crate::args::GroupCommitArgs,
     /// Stop when the parent process (the orchestrator that started this worker) is gone.
     #[arg(long)]
     pub exit_with_parent: bool,
@@ -216,8 +218,8 @@ mod tests {
 
     use super::{Cli, Command};
     use crate::args::{
-        BatchArgs, EngineArgs, HttpArgs, OrchestratorArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
-        SnapshotArgs,
+        BatchArgs, EngineArgs, GroupCommitArgs, HttpArgs, OrchestratorArgs, RuntimeArgs,
+        RuntimeKind, ScalingArgs, SnapshotArgs,
     };
 
     /// Flags unlike every default (and unlike one another), so a flag that `to_args` left out
@@ -246,6 +248,11 @@ mod tests {
                     snapshot_every: 777,
                     snapshot_keep: 5,
                     snapshot_dir: Some("/srv/snapshots".into()),
+                },
+                group_commit: GroupCommitArgs {
+                    group_max: 9,
+                    group_wait: Duration::from_micros(300),
+                    group_in_flight: 5,
                 },
             },
             scaling: ScalingArgs {

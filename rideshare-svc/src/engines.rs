@@ -98,6 +98,10 @@ impl EngineArgs {
             args.push("--snapshot-dir".into());
             args.push(dir.display().to_string());
         }
+        runtime.group_commit.push_args(&mut |name, value| {
+            args.push(format!("--{name}"));
+            args.push(value.to_string_lossy().into_owned());
+        });
         Ok(args)
     }
 }

@@ -168,6 +168,7 @@ pub async fn orchestrator(
 /// exits non-zero and the orchestrator replaces it.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(args.id.clone(), std::process::id());
+    config.group_commit = args.group_commit.settings();
     // Health, readiness and metrics, when asked for: bound before anything else, so the
     // address can go into the member record.
     let (stop, stopped) = watch::channel(false);

@@ -97,6 +97,7 @@ impl Dbaas {
             config.snapshots = snapshots.clone();
             let stores = WorkerStores::SqliteDir(args.data_dir.join("workers"));
             let mut worker = WorkerConfig::new("", 0);
+            worker.group_commit = args.runtime.group_commit.settings();
             worker.snapshots = snapshots.map(|dir| SnapshotSettings {
                 dir,
                 every: args.runtime.snapshots.snapshot_every,

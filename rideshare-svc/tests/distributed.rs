@@ -20,7 +20,7 @@ use rideshare_core::db::Db;
 use rideshare_core::ops::{ReadOp, ReadOutcome, WriteOp, WriteOutcome};
 use rideshare_core::Username;
 use rideshare_dbaas::client::OrchestratorDb;
-use rideshare_svc::args::{EngineArgs, RuntimeArgs, RuntimeKind, SnapshotArgs};
+use rideshare_svc::args::{EngineArgs, GroupCommitArgs, RuntimeArgs, RuntimeKind, SnapshotArgs};
 use rideshare_svc::cli::UpArgs;
 use rideshare_svc::up::start;
 use serde_json::json;
@@ -147,6 +147,7 @@ fn runtime_args(ns: &Namespace, runtime: RuntimeKind) -> RuntimeArgs {
             snapshot_keep: 2,
             snapshot_dir: None,
         },
+        group_commit: GroupCommitArgs::default(),
     }
 }
 

@@ -5,15 +5,17 @@
 //! When the master's node disappears, the worker the election picks takes the `/rideshare/master`
 //! node, draws a new epoch from the coordinator, appends its epoch marker and, once its tailer
 //! has applied the marker (so it holds everything before it), consumes the write queue: it
-//! appends each write stamped with its epoch and answers only after its tailer applied it.
+//! appends the writes waiting, stamped with its epoch, as one record (group commit) and answers
+//! each only after its tailer applied it.
 //!
 //! Fencing: entries of an older epoch after a newer marker are skipped by every replica, and a
 //! master that sees a newer marker (or loses its session) stops and never acknowledges again.
 //! A worker must not serve reads before it has caught up with the log as it was at its start.
 //!
 //! One job per module: `store` owns the store and the replica core on a thread of its own,
-//! `tail` follows the log into it and wakes waiters, `serve` answers the queues, and
-//! `membership` is everything said to the coordinator (member node, election, master node).
+//! `tail` follows the log into it and wakes waiters, `serve` answers the queues, `group`
+//! appends the master's waiting writes as records, and `membership` is everything said to the
+//! coordinator (member node, election, master node).
 //!
 //! The synchronisation left, and why each is needed:
 //! - the store thread's bounded command channel, with a oneshot per answer: the one way to the
@@ -27,12 +29,15 @@
 //! - an async mutex over the member record: every change (role, catch-up, progress, state) is
 //!   a read-modify-write of one coordinator node, so concurrent ones must not undo each other,
 //!   and it is held across the coordinator write;
+//! - the group appender's bounded queue and its semaphore of records in flight: write handlers
+//!   queue, one task appends, and the semaphore bounds the confirmations awaited at once;
 //! - `WorkerConfig::ready`, an atomic flag: the worker's `/ready`, read by its HTTP server.
 //!
 //! Gone: the store's mutex (the thread owns it), the epoch and master-epoch atomics (in the
 //! `watch`, and handed from the election to the write server), and the deposition `watch` (the
 //! tailer ends with `NotMaster`, which ends the worker, and closes the pending writes).
 
+mod group;
 mod membership;
 mod serve;
 mod snapshot;
@@ -58,6 +63,8 @@ use crate::registry::Registry;
 use crate::snapshot::{Manifest, SnapshotDir, StoreKind, Taken};
 use store::StoreHandle;
 
+pub use group::GroupCommit;
+
 /// A worker's settings. Every wait has a bound.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -81,6 +88,9 @@ pub struct WorkerConfig {
     /// (catch-up, bursts of writes), so a replica that fell behind pays one transaction per
     /// group, not per entry, and holds its store for a bounded time. 1 turns grouping off.
     pub apply_group: usize,
+    /// The master's group commit: how many writes share a log record, and how long and how
+    /// many records may wait (see `group.rs`).
+    pub group_commit: GroupCommit,
     /// Threads that answer reads on their own connections to the store's file, beside the
     /// store thread that applies the log (so a long listing neither waits behind a commit
     /// group nor holds one back, and several are read at once). 0, or a store without a file,
@@ -118,6 +128,7 @@ impl WorkerConfig {
             catch_up_wait: Duration::from_secs(300),
             catch_up_stall: Duration::from_secs(15),
             apply_group: 256,
+            group_commit: GroupCommit::default(),
             read_threads: 2,
             ready: Arc::default(),
             http: None,

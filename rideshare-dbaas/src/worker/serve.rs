@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::{membership, tail, Shared, WorkerDeps};
+use super::group::Appender;
+use super::{membership, Shared, WorkerDeps};
 use crate::broker::{Broker, Delivery, Message};
 use crate::error::{Error, Result};
-use crate::log::Log;
 use crate::protocol::{
-    decode_versioned, encode, is_batch, EntryBody, LogEntry, ReadRequest, Refusal, Reply, Role,
-    Versioned, WriteRequest, READ_QUEUE, VERSION, WRITE_QUEUE,
+    decode_versioned, encode, is_batch, GroupedWrite, ReadRequest, Refusal, Reply, Role, Versioned,
+    WriteRequest, READ_QUEUE, VERSION, WRITE_QUEUE,
 };
 use crate::registry::{MasterClaim, Registry};
 
@@ -189,7 +189,8 @@ fn traces<'a>(ids: impl Iterator<Item = Option<&'a str>>) -> String {
     ids.flatten().collect::<Vec<_>>().join(",")
 }
 
-/// The master's write server: append, wait until applied, answer, ack.
+/// The master's write server: queue for the next record (group commit), wait until applied,
+/// answer, ack.
 #[tracing::instrument(name = "serve_writes", skip_all, fields(worker = %shared.config.id, epoch = epoch))]
 async fn serve_writes(
     shared: Arc<Shared>,
@@ -206,20 +207,29 @@ async fn serve_writes(
         .consume_prioritized(WRITE_QUEUE, shared.config.write_prefetch, priority)
         .await?;
     membership::announce_ready(&shared, &registry, epoch, &mut claim).await?;
+    // The appender's task ends with this function (the set aborts it when dropped).
+    let mut appending = JoinSet::new();
+    let appender = Arc::new(Appender::start(
+        Arc::clone(&shared),
+        Arc::clone(&deps.log),
+        epoch,
+        &mut appending,
+    ));
     let mut handlers = JoinSet::new();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         while handlers.try_join_next().is_some() {}
         let shared = Arc::clone(&shared);
         let deps = deps.clone();
+        let appender = Arc::clone(&appender);
         handlers.spawn(async move {
-            // A batch's writes are independent requests: appended and waited for side by side,
-            // each answered by its own reply.
+            // A batch's writes are independent requests: queued and waited for side by side,
+            // each answered by its own reply (they usually share a record).
             let answer = answer_message(&delivery.message.body, |requests| {
                 futures::future::join_all(
                     requests
                         .into_iter()
-                        .map(|request| handle_write(&shared, deps.log.as_ref(), request, epoch)),
+                        .map(|request| handle_write(&shared, &appender, request, epoch)),
                 )
             })
             .await;
@@ -232,21 +242,26 @@ async fn serve_writes(
     Err(Error::QueueClosed(WRITE_QUEUE.into()))
 }
 
-/// Appends one write stamped with this master's epoch and waits (bounded) until it is applied.
+/// Queues one write for this master's next record and waits (bounded) until it is applied.
 #[tracing::instrument(
     name = "db",
     skip_all,
     fields(request_id = request.trace.as_deref().unwrap_or_default(), worker = %shared.config.id, epoch = epoch),
 )]
-async fn handle_write(shared: &Shared, log: &dyn Log, request: WriteRequest, epoch: u64) -> Reply {
-    let answer = append_and_wait(shared, log, request, epoch).await;
+async fn handle_write(
+    shared: &Shared,
+    appender: &Appender,
+    request: WriteRequest,
+    epoch: u64,
+) -> Reply {
+    let answer = append_and_wait(shared, appender, request, epoch).await;
     tracing::debug!(reply = reply_kind(&answer), "write answered");
     answer
 }
 
 async fn append_and_wait(
     shared: &Shared,
-    log: &dyn Log,
+    appender: &Appender,
     request: WriteRequest,
     epoch: u64,
 ) -> Reply {
@@ -254,19 +269,15 @@ async fn append_and_wait(
         return Reply::refused(Refusal::NotMaster, "not master");
     };
     let request_id = request.request_id.clone();
-    let entry = LogEntry {
-        v: VERSION,
-        epoch,
-        body: EntryBody::Write {
-            request_id: request.request_id,
-            op: request.op,
-        },
+    let write = GroupedWrite {
+        request_id: request.request_id,
+        op: request.op,
     };
-    if let Err(e) = tail::append(log, &entry).await {
+    if !appender.submit(write).await {
         shared
             .waiters
             .resolve(&request_id, Err(Refusal::Unavailable));
-        return Reply::refused(Refusal::Unavailable, e.to_string());
+        return Reply::refused(Refusal::Unavailable, "the master is stopping");
     }
     match tokio::time::timeout(shared.config.write_wait, applied).await {
         Ok(Ok(Ok((index, outcome)))) => Reply::Written {
@@ -276,6 +287,9 @@ async fn append_and_wait(
             worker: shared.config.id.clone(),
             outcome,
         },
+        Ok(Ok(Err(Refusal::Unavailable))) => {
+            Reply::refused(Refusal::Unavailable, "the write's record was not appended")
+        }
         Ok(Ok(Err(refusal))) => Reply::refused(refusal, "write not acknowledged"),
         Ok(Err(_)) | Err(_) => Reply::refused(
             Refusal::Unavailable,

@@ -378,21 +378,18 @@ fn apply_record(
 ) -> Result<()> {
     let (step, marker_effect) = core.step(record);
     let applied = match &step {
-        Step::Apply {
-            index,
-            request_id,
-            op,
-            ..
-        } => Some(machine.apply(*index, request_id, op)?),
+        Step::Apply { index, writes, .. } => {
+            machine.apply_record(*index, writes.iter().map(|w| (&w.request_id, &w.op)))?
+        }
         Step::Skip { index, why } => {
             if let Skip::Undecodable(error) = why {
                 tracing::warn!(index, %error, "skipping undecodable log entry");
             }
             machine.skip(*index)?;
-            None
+            Vec::new()
         }
     };
     effects.extend(marker_effect);
-    effects.extend(step.answer(applied.as_ref()));
+    effects.extend(step.answers(&applied));
     Ok(())
 }

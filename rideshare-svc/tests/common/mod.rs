@@ -12,7 +12,8 @@ use reqwest::{Method, StatusCode};
 use rideshare_core::api::AdminToken;
 use rideshare_core::clock::Zone;
 use rideshare_svc::args::{
-    BatchArgs, EngineArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs, SnapshotArgs,
+    BatchArgs, EngineArgs, GroupCommitArgs, HttpArgs, RuntimeArgs, RuntimeKind, ScalingArgs,
+    SnapshotArgs,
 };
 use rideshare_svc::cli::{HashingArgs, UpArgs};
 use rideshare_svc::up::Up;
@@ -104,6 +105,7 @@ pub fn embedded_args(data_dir: &Path, scale_interval: Duration) -> UpArgs {
                 snapshot_keep: 2,
                 snapshot_dir: None,
             },
+            group_commit: GroupCommitArgs::default(),
         },
     )
 }
