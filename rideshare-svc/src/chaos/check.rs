@@ -93,6 +93,10 @@ pub async fn check_run(
         compared.replicas_checked,
         compared.replica_digests_checked
     );
+    println!(
+        "chaos: the log holds {end} records, {} of them of several writes ({} writes: group commit)",
+        replay.group_records, replay.group_writes
+    );
     let verdict = check_all(events, &mut replay, &replicas, &published)?;
     Ok(Checked {
         verdict,
