@@ -246,6 +246,7 @@ mod tests {
                     body: delivery.message.body.clone(),
                     correlation_id: delivery.message.correlation_id.clone(),
                     reply_to: None,
+                    transient: false,
                 };
                 let to = delivery.message.reply_to.clone().unwrap();
                 broker.publish(&to, reply).await.unwrap();

@@ -88,6 +88,7 @@ impl RpcClient {
             body,
             correlation_id: Some(id.clone()),
             reply_to: Some(self.reply_queue.clone()),
+            transient: crate::protocol::transient_requests(queue),
         };
         self.broker.publish(queue, message).await?;
         match tokio::time::timeout(timeout, rx).await {

@@ -837,7 +837,10 @@ async fn simulate(seed: u64) -> Result<String, String> {
         ));
     }
     cluster.shutdown();
-    GROUP_RECORDS.fetch_add(reference.group_records, std::sync::atomic::Ordering::Relaxed);
+    GROUP_RECORDS.fetch_add(
+        reference.group_records,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     GROUP_WRITES.fetch_add(reference.group_writes, std::sync::atomic::Ordering::Relaxed);
     Ok(format!(
         "ops {} (ok {}, failed {}, unknown {}; once quiet {quiet_ok} of {} ok), log {} entries (first kept {first}, {} of several writes), installed from a snapshot {installs}, epochs {}, deposed writes fenced {}, replicas checked {} ({} alive once quiet, {} digests published), faults {:?}",

@@ -19,12 +19,16 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
-/// A message and the two AMQP properties the protocol uses.
+/// A message and the AMQP properties the protocol uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub body: Bytes,
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
+    /// The message may be lost when the broker restarts (AMQP delivery mode 1): RabbitMQ then
+    /// confirms it without writing it to disk. Only for requests whose caller retries and which
+    /// change nothing: reads. Otherwise persistent (delivery mode 2).
+    pub transient: bool,
 }
 
 impl Message {
@@ -33,6 +37,7 @@ impl Message {
             body: body.into(),
             correlation_id: None,
             reply_to: None,
+            transient: false,
         }
     }
 }

@@ -124,6 +124,7 @@ async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> C
         body: body("ping"),
         correlation_id: Some("corr-1".into()),
         reply_to: Some(replies.clone()),
+        transient: true,
     };
     ok(
         "publish request",
@@ -142,6 +143,7 @@ async fn round_trip_keeps_correlation_id_and_reply_to<B: Broker>(broker: B) -> C
         body: body("pong"),
         correlation_id: got.message.correlation_id.clone(),
         reply_to: None,
+        transient: false,
     };
     ok(
         "publish reply",

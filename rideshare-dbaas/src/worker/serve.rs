@@ -95,6 +95,7 @@ async fn reply(broker: &dyn Broker, delivery: &Delivery, body: bytes::Bytes) {
         body,
         correlation_id: delivery.message.correlation_id.clone(),
         reply_to: None,
+        transient: false,
     };
     if let Err(e) = broker.publish(reply_to, message).await {
         tracing::warn!(error = %e, "could not publish a reply");

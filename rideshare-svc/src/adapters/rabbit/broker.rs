@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use rideshare_dbaas::broker::{Acker, Broker, Consumer, Delivery, Message};
 use rideshare_dbaas::{Error, Result};
 
-use super::channel::{persistent, ChannelGuard};
+use super::channel::{persistent, transient, ChannelGuard};
 use super::connection::Link;
 use super::{short, QueueKind, Side};
 
@@ -66,7 +66,11 @@ impl Broker for RabbitBroker {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<()> {
-        let mut properties = persistent();
+        let mut properties = if message.transient {
+            transient()
+        } else {
+            persistent()
+        };
         if let Some(id) = &message.correlation_id {
             properties = properties.with_correlation_id(short(id, "correlation_id")?);
         }
@@ -128,6 +132,7 @@ impl Consumer for RabbitConsumer {
                         .reply_to()
                         .as_ref()
                         .map(|s| s.as_str().to_owned()),
+                    transient: *properties.delivery_mode() == Some(1),
                     body: Bytes::from(delivery.data),
                 };
                 Some(Ok(Delivery {

@@ -5,8 +5,9 @@
 //!   publishes on one channel must not interleave, but the confirm wait needs no channel. The
 //!   pool drops a channel a failed method closed (or that died with its connection) and opens
 //!   another on the live connection.
-//! - Every message is published persistent through the default exchange (routing key = queue
-//!   name), and a publish returns after RabbitMQ's confirm; a nack is an error.
+//! - Every message is published through the default exchange (routing key = queue name),
+//!   persistent unless the message is transient (reads), and a publish returns after
+//!   RabbitMQ's confirm; a nack is an error.
 //! - A consumer gets a channel of its own with `basic.qos(prefetch)` and manual acks, behind a
 //!   [`ChannelGuard`] that closes it when dropped.
 
@@ -99,12 +100,18 @@ pub(super) async fn get(pool: &ChannelPool, endpoint: &Endpoint) -> Result<Objec
     })
 }
 
-/// The properties every message goes out with: persistent. RabbitMQ writes persistent messages
+/// The properties every message but a transient one goes out with: persistent. RabbitMQ writes persistent messages
 /// to disk only in durable queues, so a reply to an exclusive queue costs nothing more; in a
 /// durable queue it costs a disk write before the confirm (measured on 3.10: about 0.6 ms
 /// against 0.2 ms per sequential publish).
 pub(super) fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
+}
+
+/// The properties of a message that may be lost with a broker restart (`Message::transient`):
+/// confirmed without a disk write.
+pub(super) fn transient() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(1)
 }
 
 impl Link {
