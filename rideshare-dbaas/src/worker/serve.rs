@@ -274,13 +274,21 @@ async fn append_and_wait(
         request_id: request.request_id,
         op: request.op,
     };
-    if !appender.submit(write).await {
+    // One bound over queueing for a record and waiting for it to be applied: the queue is
+    // full only while the records in flight are unconfirmed.
+    let deadline = tokio::time::Instant::now() + shared.config.write_wait;
+    let refusal = match tokio::time::timeout_at(deadline, appender.submit(write)).await {
+        Ok(true) => None,
+        Ok(false) => Some("the master is stopping"),
+        Err(_) => Some("the master's log appends are not keeping up"),
+    };
+    if let Some(message) = refusal {
         shared
             .waiters
             .resolve(&request_id, Err(Refusal::Unavailable));
-        return Reply::refused(Refusal::Unavailable, "the master is stopping");
+        return Reply::refused(Refusal::Unavailable, message);
     }
-    match tokio::time::timeout(shared.config.write_wait, applied).await {
+    match tokio::time::timeout_at(deadline, applied).await {
         Ok(Ok(Ok((index, outcome)))) => Reply::Written {
             v: VERSION,
             index,
