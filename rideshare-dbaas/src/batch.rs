@@ -3,12 +3,17 @@
 //! requests, see [`crate::protocol::join_batch`]); the worker answers the message with an array
 //! of replies in the same order, which is split back to the callers.
 //!
-//! A batch goes out at once when no earlier batch of its queue is still unanswered, so a lone
-//! call waits for nothing. While one is, the next batch collects calls for at most `wait` (or
-//! until it holds `max`): under load the messages, deliveries, acks and worker handoffs are
-//! paid per batch instead of per call. A call in a batch is still one request to the worker
-//! (its own request id, its own answer); a batch that fails (timeout, closed queue) fails each
-//! of its calls, and each caller retries on its own as before.
+//! At most `in_flight` batches of a queue are unanswered at once. A call that finds a free slot
+//! goes out at once, so a lone call waits for nothing; while every slot is taken, calls queue in
+//! the line and the next free slot takes all of them (up to `max`) as one message. So batches
+//! grow with the load without a timer, as the master's group commit does (`worker/group.rs`):
+//! under load the messages, deliveries, acks and worker handoffs are paid per batch instead of
+//! per call. A batch may also collect calls for up to `wait` while an earlier one is unanswered;
+//! that wait is off by default, because tokio's timer counts whole milliseconds, so even a
+//! 100 µs wait holds a batch for up to 1 ms, and profiling `rideshare up` found it was most of a
+//! read's latency at 4 to 16 clients (docs/benchmarks.md). A call in a batch is still one
+//! request to the worker (its own request id, its own answer); a batch that fails (timeout,
+//! closed queue) fails each of its calls, and each caller retries on its own as before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,13 +34,17 @@ pub struct Batching {
     pub max: usize,
     /// How long a batch may wait for more calls while an earlier one is unanswered.
     pub wait: Duration,
+    /// Batches of one queue unanswered at once, at most; calls beyond them queue and go
+    /// together in the next.
+    pub in_flight: usize,
 }
 
 impl Default for Batching {
     fn default() -> Self {
         Batching {
             max: 64,
-            wait: Duration::from_micros(100),
+            wait: Duration::ZERO,
+            in_flight: 2,
         }
     }
 }
@@ -60,9 +69,9 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
-    /// Starts the sender for `queue`. At most `capacity` batches are unanswered and `capacity`
-    /// calls wait in the line; a call beyond that is refused at once (overload, which the
-    /// caller answers with 503). `timeout` bounds one batch from publish to reply.
+    /// Starts the sender for `queue`. At most `batching.in_flight` batches are unanswered and
+    /// `capacity` calls wait in the line; a call beyond that is refused at once (overload,
+    /// which the caller answers with 503). `timeout` bounds one batch from publish to reply.
     pub(crate) fn start(
         rpc: Arc<RpcClient>,
         queue: &'static str,
@@ -81,7 +90,7 @@ impl Batcher {
             },
             timeout,
             unanswered: Arc::new(AtomicUsize::new(0)),
-            slots: Arc::new(Semaphore::new(capacity.max(1))),
+            slots: Arc::new(Semaphore::new(batching.in_flight.clamp(1, capacity.max(1)))),
         };
         let task = tokio::spawn(sender.run(line));
         Batcher {
@@ -269,6 +278,7 @@ mod tests {
         let batching = Batching {
             max: 8,
             wait: Duration::from_millis(20),
+            in_flight: 64,
         };
         let (batcher, messages) = batcher(batching).await;
         let batcher = Arc::new(batcher);
@@ -289,11 +299,49 @@ mod tests {
         assert_eq!(batcher.waiting(), 0);
     }
 
+    /// Ten calls a millisecond apart to a worker that takes 5 ms a message: the messages sent.
+    async fn spaced_calls(in_flight: usize) -> usize {
+        let batching = Batching {
+            max: 64,
+            wait: Duration::ZERO,
+            in_flight,
+        };
+        let (batcher, messages) = batcher(batching).await;
+        let batcher = Arc::new(batcher);
+        let mut calls = Vec::new();
+        for i in 0..10 {
+            let batcher = Arc::clone(&batcher);
+            calls.push(tokio::spawn(async move {
+                let body = Bytes::from(format!("{{\"n\":{i}}}"));
+                let reply = batcher.call(body, Duration::from_secs(5)).await.unwrap();
+                assert_eq!(reply, format!("{{\"n\":{i}}}"));
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for call in futures::future::join_all(calls).await {
+            call.unwrap();
+        }
+        messages.load(Ordering::SeqCst)
+    }
+
+    /// No timer: calls that arrive while every slot is taken go together when one frees.
+    #[tokio::test]
+    async fn calls_behind_a_full_set_of_slots_share_the_next_message() {
+        let one_slot = spaced_calls(1).await;
+        assert!(
+            (2..=6).contains(&one_slot),
+            "{one_slot} messages for 10 calls"
+        );
+        // With a slot for each, every call finds one free and goes alone.
+        assert_eq!(spaced_calls(64).await, 10);
+    }
+
     #[tokio::test]
     async fn without_batching_every_call_is_its_own_message() {
         let batching = Batching {
             max: 1,
             wait: Duration::ZERO,
+            in_flight: 64,
         };
         let (batcher, messages) = batcher(batching).await;
         let batcher = Arc::new(batcher);
@@ -320,6 +368,7 @@ mod tests {
             Batching {
                 max: 1,
                 wait: Duration::ZERO,
+                in_flight: 1,
             },
             1,
             Duration::from_secs(5),

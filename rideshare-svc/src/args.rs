@@ -238,12 +238,29 @@ pub struct OrchestratorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     /// Calls in one queue message, at most (1: every call is its own message).
-    #[arg(long, env = "RIDESHARE_BATCH_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "RIDESHARE_BATCH_MAX", default_value_t = BatchArgs::default().batch_max, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_max: u32,
     /// How long a batch may wait for more calls while an earlier one of its queue is
-    /// unanswered (e.g. `500us`, at most `100ms`; `0s`: it never waits). A lone call never waits.
-    #[arg(long, env = "RIDESHARE_BATCH_WAIT", default_value = "100us", value_parser = parse_batch_wait)]
+    /// unanswered (e.g. `2ms`, at most `100ms`; `0s`: it never waits). A lone call never waits.
+    /// Tokio's timer counts whole milliseconds: any wait above zero can hold a batch for 1 ms.
+    #[arg(long, env = "RIDESHARE_BATCH_WAIT", default_value = "0s", value_parser = parse_batch_wait)]
     pub batch_wait: Duration,
+    /// Batches of one queue unanswered at once; calls beyond them queue and go together in the
+    /// next message (so batches grow with the load, with no wait).
+    #[arg(long, env = "RIDESHARE_BATCH_IN_FLIGHT", default_value_t = BatchArgs::default().batch_in_flight, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_in_flight: u32,
+}
+
+/// The orchestrator's own defaults (`Batching::default`), so they are written once.
+impl Default for BatchArgs {
+    fn default() -> Self {
+        let defaults = Batching::default();
+        BatchArgs {
+            batch_max: defaults.max as u32,
+            batch_wait: defaults.wait,
+            batch_in_flight: defaults.in_flight as u32,
+        }
+    }
 }
 
 impl BatchArgs {
@@ -251,6 +268,7 @@ impl BatchArgs {
         Batching {
             max: self.batch_max as usize,
             wait: self.batch_wait,
+            in_flight: self.batch_in_flight as usize,
         }
     }
 }
@@ -375,9 +393,11 @@ impl OrchestratorArgs {
         let BatchArgs {
             batch_max,
             batch_wait,
+            batch_in_flight,
         } = batching;
         flag("batch-max", batch_max.to_string().into());
         flag("batch-wait", duration(*batch_wait));
+        flag("batch-in-flight", batch_in_flight.to_string().into());
         let insecure_no_auth = http.push_args(&mut flag);
         if insecure_no_auth {
             argv.push("--insecure-no-auth".into());

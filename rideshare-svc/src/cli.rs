@@ -263,6 +263,7 @@ mod tests {
             batching: BatchArgs {
                 batch_max: 7,
                 batch_wait: Duration::from_micros(1_250),
+                batch_in_flight: 3,
             },
             http: HttpArgs {
                 max_body_bytes: 4_096,

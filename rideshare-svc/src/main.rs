@@ -5,6 +5,13 @@ use rideshare_svc::cli::{Cli, Command};
 use rideshare_svc::serve::shutdown_signal;
 use rideshare_svc::{roles, up};
 
+/// mimalloc rather than glibc's malloc: memory allocated on one thread and freed on another (a
+/// request's buffers cross tasks, workers and the store threads all the time) makes glibc take
+/// its arena locks, and profiling `rideshare up` under load found three futex calls in four were
+/// those locks (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -250,16 +250,25 @@ fn spawn_reader(
     Ok(sender)
 }
 
-/// Waits for the store thread's answer on tokio's blocking pool rather than awaiting the
-/// oneshot: under a paused test clock (the simulation) tokio moves time on as soon as every
-/// task waits, and a task waiting for another OS thread looks idle, so timers would fire in the
-/// middle of a commit. A blocking-pool task holds the clock while it runs; outside tests it
-/// costs one handoff to a pooled thread per command.
+/// Waits for a store or reader thread's answer.
+///
+/// On a multi-threaded runtime the oneshot is awaited: the other thread's send wakes the task,
+/// one handoff. On a current-thread runtime the wait goes to tokio's blocking pool instead:
+/// only such a runtime can have a paused test clock (`tokio::time::pause` refuses any other),
+/// and under one (the simulation) tokio moves time on as soon as every task waits; a task
+/// waiting for another OS thread looks idle, so timers would fire in the middle of a commit. A
+/// blocking-pool task holds the clock while it runs, at the cost of two more thread handoffs per
+/// command, which profiling showed to be the largest cost of a read in `rideshare up`.
 async fn wait<T: Send + 'static>(answered: oneshot::Receiver<Result<T>>) -> Result<T> {
-    tokio::task::spawn_blocking(move || answered.blocking_recv())
-        .await
-        .map_err(|e| Error::adapter("waiting for the store thread", e))?
-        .map_err(|e| Error::adapter("the store thread ended", e))?
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let answer = if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+        tokio::task::spawn_blocking(move || answered.blocking_recv())
+            .await
+            .map_err(|e| Error::adapter("waiting for the store thread", e))?
+    } else {
+        answered.await
+    };
+    answer.map_err(|e| Error::adapter("the store thread ended", e))?
 }
 
 /// What the store thread owns.

@@ -53,10 +53,7 @@ pub fn up_args(
             reads_per_slave: 20,
             max_slaves: 16,
         },
-        batching: BatchArgs {
-            batch_max: 64,
-            batch_wait: Duration::from_micros(100),
-        },
+        batching: BatchArgs::default(),
         http: HttpArgs {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
