@@ -511,3 +511,48 @@ proptest! {
         export_round_trip(SqliteStore::open(&db).unwrap(), &writes, |p| SqliteStore::open(p).unwrap())?;
     }
 }
+
+/// A request id is remembered for `REQUEST_MEMORY` log entries after its own and forgotten
+/// after that, by every store, whether its commits run one at a time or in groups (the SQLite
+/// store prunes once per group then).
+#[test]
+fn request_ids_are_remembered_for_request_memory_entries_then_forgotten() {
+    use rideshare_core::machine::REQUEST_MEMORY;
+    fn remembered<S: Store>(store: S, grouped: bool, last: u64) -> bool {
+        let mut m = StateMachine::new(store);
+        let add = |name: &str| WriteOp::AddUser {
+            username: Username::parse(name).unwrap(),
+            password_hash: "h".into(),
+        };
+        let writes =
+            |m: &mut StateMachine<S>| -> Result<(), rideshare_core::error::StoreError> {
+                m.apply(1, &RequestId("first".into()), &add("first"))?;
+                m.apply(last, &RequestId("last".into()), &add("last"))?;
+                Ok(())
+            };
+        if grouped {
+            m.grouped(writes).unwrap();
+        } else {
+            writes(&mut m).unwrap();
+        }
+        assert_eq!(m.applied_index().unwrap(), last);
+        m.store()
+            .applied_request(&RequestId("first".into()))
+            .unwrap()
+            .is_some()
+    }
+    for grouped in [false, true] {
+        for (last, kept) in [(REQUEST_MEMORY, true), (REQUEST_MEMORY + 1, false)] {
+            assert_eq!(
+                remembered(MemStore::default(), grouped, last),
+                kept,
+                "memory, grouped {grouped}, last {last}"
+            );
+            assert_eq!(
+                remembered(SqliteStore::in_memory().unwrap(), grouped, last),
+                kept,
+                "sqlite, grouped {grouped}, last {last}"
+            );
+        }
+    }
+}

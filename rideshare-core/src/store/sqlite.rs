@@ -90,8 +90,21 @@ pub struct SqliteStore {
     conn: SqliteConnection,
     /// The database file, for readers on other connections; `None` in memory.
     path: Option<String>,
-    /// A group (`begin_group`) holds the transaction open: commits then run inside it.
+    /// A group (`begin_group`) holds the transaction open: commits then run inside it, and
+    /// the bookkeeping rows wait in `pending` until it ends.
     grouped: bool,
+    pending: Pending,
+}
+
+/// The bookkeeping a group's commits changed, written once when the group ends (`flush`)
+/// rather than by every commit: the applied index and the next ride id (one `meta` row each)
+/// and the pruning of old request ids. Each was written by every write of a commit group; a
+/// commit group of creates now writes them once. Nothing outside the open transaction can see
+/// the difference, and the store's own reads (`applied_index`, `next_ride_id`) answer from here.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    applied_index: Option<i64>,
+    next_ride_id: Option<i64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -145,6 +158,7 @@ impl SqliteStore {
             conn,
             path: None,
             grouped: false,
+            pending: Pending::default(),
         })
     }
 
@@ -234,11 +248,7 @@ fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResul
             diesel::delete(riders::table.filter(riders::ride_id.eq(id))).execute(conn)?;
             diesel::delete(rides::table.filter(rides::id.eq(id))).execute(conn)?;
         }
-        Mutation::SetNextRideId(next) => {
-            diesel::update(meta::table.filter(meta::key.eq("next_ride_id")))
-                .set(meta::value.eq(i64::try_from(next).unwrap_or(i64::MAX)))
-                .execute(conn)?;
-        }
+        Mutation::SetNextRideId(next) => set_meta(conn, "next_ride_id", db_int(next))?,
         Mutation::DeleteAllRides => {
             diesel::delete(riders::table).execute(conn)?;
             diesel::delete(rides::table).execute(conn)?;
@@ -246,6 +256,50 @@ fn apply_mutation(conn: &mut SqliteConnection, mutation: Mutation) -> QueryResul
         Mutation::DeleteAllUsers => {
             diesel::delete(users::table).execute(conn)?;
         }
+    }
+    Ok(())
+}
+
+/// An id or index as stored (SQLite's integers are signed; no id reaches `i64::MAX`).
+fn db_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn set_meta(conn: &mut SqliteConnection, key: &str, value: i64) -> QueryResult<()> {
+    diesel::update(meta::table.filter(meta::key.eq(key)))
+        .set(meta::value.eq(value))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Remembers a write's request id and outcome (for deduplication), at its log index.
+fn insert_request(
+    conn: &mut SqliteConnection,
+    request: Option<(String, String)>,
+    index: i64,
+) -> QueryResult<()> {
+    if let Some((id, outcome)) = request {
+        diesel::insert_or_ignore_into(requests::table)
+            .values((
+                requests::request_id.eq(id),
+                requests::log_index.eq(index),
+                requests::outcome.eq(outcome),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Writes the bookkeeping of the commits since the last flush: the next ride id, the applied
+/// index, and the request ids now older than `REQUEST_MEMORY` entries pruned.
+fn flush(conn: &mut SqliteConnection, pending: Pending) -> QueryResult<()> {
+    if let Some(next) = pending.next_ride_id {
+        set_meta(conn, "next_ride_id", next)?;
+    }
+    if let Some(index) = pending.applied_index {
+        let horizon = index.saturating_sub(db_int(REQUEST_MEMORY));
+        diesel::delete(requests::table.filter(requests::log_index.le(horizon))).execute(conn)?;
+        set_meta(conn, "applied_index", index)?;
     }
     Ok(())
 }
@@ -399,7 +453,10 @@ impl Store for SqliteStore {
     }
 
     fn next_ride_id(&mut self) -> Result<u64, StoreError> {
-        self.meta_value("next_ride_id")
+        match self.pending.next_ride_id {
+            Some(next) => to_u64(next),
+            None => self.meta_value("next_ride_id"),
+        }
     }
 
     fn applied_request(&mut self, id: &RequestId) -> Result<Option<WriteOutcome>, StoreError> {
@@ -414,7 +471,10 @@ impl Store for SqliteStore {
     }
 
     fn applied_index(&mut self) -> Result<u64, StoreError> {
-        self.meta_value("applied_index")
+        match self.pending.applied_index {
+            Some(index) => to_u64(index),
+            None => self.meta_value("applied_index"),
+        }
     }
 
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
@@ -426,34 +486,40 @@ impl Store for SqliteStore {
             )),
             None => None,
         };
-        let horizon = to_i64(commit.index.saturating_sub(REQUEST_MEMORY))?;
+        if !self.grouped {
+            return self
+                .conn
+                .immediate_transaction(|conn| {
+                    for mutation in commit.mutations {
+                        apply_mutation(conn, mutation)?;
+                    }
+                    insert_request(conn, request, index)?;
+                    flush(
+                        conn,
+                        Pending {
+                            applied_index: Some(index),
+                            next_ride_id: None,
+                        },
+                    )
+                })
+                .map_err(db_err);
+        }
+        // Inside the group's transaction: a failure here fails the group, which the caller then
+        // drops whole (`end_group(false)`, which forgets `pending` too).
+        let mut pending = self.pending;
         let write = |conn: &mut SqliteConnection| {
             for mutation in commit.mutations {
-                apply_mutation(conn, mutation)?;
+                match mutation {
+                    Mutation::SetNextRideId(next) => pending.next_ride_id = Some(db_int(next)),
+                    mutation => apply_mutation(conn, mutation)?,
+                }
             }
-            if let Some((id, outcome)) = request {
-                diesel::insert_or_ignore_into(requests::table)
-                    .values((
-                        requests::request_id.eq(id),
-                        requests::log_index.eq(index),
-                        requests::outcome.eq(outcome),
-                    ))
-                    .execute(conn)?;
-            }
-            diesel::delete(requests::table.filter(requests::log_index.le(horizon)))
-                .execute(conn)?;
-            diesel::update(meta::table.filter(meta::key.eq("applied_index")))
-                .set(meta::value.eq(index))
-                .execute(conn)?;
-            Ok::<_, diesel::result::Error>(())
+            insert_request(conn, request, index)
         };
-        if self.grouped {
-            // Inside the group's transaction: a failure here fails the group, which the
-            // caller then drops whole (`end_group(false)`).
-            write(&mut self.conn).map_err(db_err)
-        } else {
-            self.conn.immediate_transaction(write).map_err(db_err)
-        }
+        write(&mut self.conn).map_err(db_err)?;
+        pending.applied_index = Some(index);
+        self.pending = pending;
+        Ok(())
     }
 
     fn begin_group(&mut self) -> Result<(), StoreError> {
@@ -470,7 +536,12 @@ impl Store for SqliteStore {
         if !std::mem::replace(&mut self.grouped, false) {
             return Ok(());
         }
+        let pending = std::mem::take(&mut self.pending);
         if keep {
+            if let Err(e) = flush(&mut self.conn, pending) {
+                let _ = AnsiTransactionManager::rollback_transaction(&mut self.conn);
+                return Err(db_err(e));
+            }
             AnsiTransactionManager::commit_transaction(&mut self.conn).map_err(db_err)
         } else {
             AnsiTransactionManager::rollback_transaction(&mut self.conn).map_err(db_err)
