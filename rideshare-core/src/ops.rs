@@ -300,9 +300,13 @@ impl TryFrom<ReadOutcomeWire> for ReadOutcome {
 pub struct RequestId(pub String);
 
 impl RequestId {
-    /// A fresh random id (128 bits, hex).
+    /// A fresh id: a UUIDv7 as 32 hex digits, so ids made later sort later (48 bits of
+    /// milliseconds, then a counter and random bits). Every replica keeps the ids it applied in
+    /// an index (`requests`, for deduplication); a random id landed on a random page of it, so
+    /// every write of a commit group dirtied a page of its own there, and ids in time order all
+    /// go to its last page. Clients may still send ids of their own making.
     pub fn random() -> Self {
-        RequestId(format!("{:032x}", rand::random::<u128>()))
+        RequestId(uuid::Uuid::now_v7().simple().to_string())
     }
 }
 
@@ -322,6 +326,14 @@ mod tests {
             username: Username::parse(name).unwrap(),
             timestamp: Timestamp::parse("01-09-2030:05-10-17").unwrap(),
         }
+    }
+
+    #[test]
+    fn fresh_request_ids_are_distinct_hex_in_the_order_they_were_made() {
+        let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::random()).collect();
+        assert!(ids.iter().all(|id| id.0.len() == 32
+            && id.0.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids made later sort later");
     }
 
     #[test]
