@@ -332,8 +332,14 @@ mod tests {
     fn fresh_request_ids_are_distinct_hex_in_the_order_they_were_made() {
         let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::random()).collect();
         assert!(ids.iter().all(|id| id.0.len() == 32
-            && id.0.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids made later sort later");
+            && id
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids made later sort later"
+        );
     }
 
     #[test]

@@ -524,12 +524,11 @@ fn request_ids_are_remembered_for_request_memory_entries_then_forgotten() {
             username: Username::parse(name).unwrap(),
             password_hash: "h".into(),
         };
-        let writes =
-            |m: &mut StateMachine<S>| -> Result<(), rideshare_core::error::StoreError> {
-                m.apply(1, &RequestId("first".into()), &add("first"))?;
-                m.apply(last, &RequestId("last".into()), &add("last"))?;
-                Ok(())
-            };
+        let writes = |m: &mut StateMachine<S>| -> Result<(), rideshare_core::error::StoreError> {
+            m.apply(1, &RequestId("first".into()), &add("first"))?;
+            m.apply(last, &RequestId("last".into()), &add("last"))?;
+            Ok(())
+        };
         if grouped {
             m.grouped(writes).unwrap();
         } else {

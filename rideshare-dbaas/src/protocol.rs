@@ -83,7 +83,11 @@ pub enum Refusal {
 /// variant (a long listing's every ride, twice with the outcome's own tag) and a
 /// [`rideshare_core::ops::RideList`] cannot be read from that buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case", try_from = "ReplyWire")]
+#[serde(
+    tag = "reply",
+    rename_all = "snake_case",
+    try_from = "ReplyWire<Box<RawValue>>"
+)]
 pub enum Reply {
     Written {
         v: u8,
@@ -115,25 +119,60 @@ enum ReplyKind {
     Refused,
 }
 
-/// Every field any [`Reply`] carries, read in one pass whatever their order; the outcome is
-/// kept as text until the kind says which outcome it is.
+/// Every field any [`Reply`] carries, read in one pass whatever their order. The outcome is read
+/// as `O`: as text (`Box<RawValue>`) when any kind of reply may come, to be read again once the
+/// kind says which outcome it is; as the outcome itself when the caller knows which kind it
+/// waits for ([`decode_read_reply`], [`decode_write_reply`]), which spares a long listing a
+/// second pass and a copy.
 #[derive(Deserialize)]
-struct ReplyWire {
+struct ReplyWire<O> {
     reply: ReplyKind,
     v: Option<u8>,
     index: Option<u64>,
     epoch: Option<u64>,
     worker: Option<String>,
-    outcome: Option<Box<RawValue>>,
+    outcome: Option<O>,
     applied_index: Option<u64>,
     refusal: Option<Refusal>,
     message: Option<String>,
 }
 
-impl TryFrom<ReplyWire> for Reply {
+/// What a [`ReplyWire`] holds as its outcome, made into a write's or a read's.
+trait WireOutcome: Sized {
+    fn written(self) -> std::result::Result<WriteOutcome, String>;
+    fn read(self) -> std::result::Result<ReadOutcome, String>;
+}
+
+impl WireOutcome for Box<RawValue> {
+    fn written(self) -> std::result::Result<WriteOutcome, String> {
+        serde_json::from_str(self.get()).map_err(|e| format!("outcome: {e}"))
+    }
+    fn read(self) -> std::result::Result<ReadOutcome, String> {
+        serde_json::from_str(self.get()).map_err(|e| format!("outcome: {e}"))
+    }
+}
+
+impl WireOutcome for WriteOutcome {
+    fn written(self) -> std::result::Result<WriteOutcome, String> {
+        Ok(self)
+    }
+    fn read(self) -> std::result::Result<ReadOutcome, String> {
+        Err("a read reply to a write".into())
+    }
+}
+
+impl WireOutcome for ReadOutcome {
+    fn written(self) -> std::result::Result<WriteOutcome, String> {
+        Err("a written reply to a read".into())
+    }
+    fn read(self) -> std::result::Result<ReadOutcome, String> {
+        Ok(self)
+    }
+}
+
+impl<O: WireOutcome> TryFrom<ReplyWire<O>> for Reply {
     type Error = String;
-    fn try_from(w: ReplyWire) -> std::result::Result<Self, String> {
-        let outcome = |raw: Option<Box<RawValue>>| required(raw, "outcome");
+    fn try_from(w: ReplyWire<O>) -> std::result::Result<Self, String> {
         let v = required(w.v, "v")?;
         Ok(match w.reply {
             ReplyKind::Written => Reply::Written {
@@ -141,15 +180,13 @@ impl TryFrom<ReplyWire> for Reply {
                 index: required(w.index, "index")?,
                 epoch: required(w.epoch, "epoch")?,
                 worker: required(w.worker, "worker")?,
-                outcome: serde_json::from_str(outcome(w.outcome)?.get())
-                    .map_err(|e| format!("outcome: {e}"))?,
+                outcome: required(w.outcome, "outcome")?.written()?,
             },
             ReplyKind::Read => Reply::Read {
                 v,
                 applied_index: required(w.applied_index, "applied_index")?,
                 worker: required(w.worker, "worker")?,
-                outcome: serde_json::from_str(outcome(w.outcome)?.get())
-                    .map_err(|e| format!("outcome: {e}"))?,
+                outcome: required(w.outcome, "outcome")?.read()?,
             },
             ReplyKind::Refused => Reply::Refused {
                 v,
@@ -158,6 +195,25 @@ impl TryFrom<ReplyWire> for Reply {
             },
         })
     }
+}
+
+/// A worker's answer to a read (read, or refused), in one pass; refuses other versions.
+pub fn decode_read_reply(bytes: &[u8]) -> Result<Reply> {
+    decode_reply_of::<ReadOutcome>(bytes)
+}
+
+/// A worker's answer to a write (written, or refused), in one pass; refuses other versions.
+pub fn decode_write_reply(bytes: &[u8]) -> Result<Reply> {
+    decode_reply_of::<WriteOutcome>(bytes)
+}
+
+fn decode_reply_of<O>(bytes: &[u8]) -> Result<Reply>
+where
+    O: WireOutcome + DeserializeOwned,
+{
+    let wire: ReplyWire<O> = decode(bytes)?;
+    let reply = Reply::try_from(wire).map_err(Error::Protocol)?;
+    check_version(reply)
 }
 
 impl Reply {
@@ -365,7 +421,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Decodes and refuses other protocol versions.
 pub fn decode_versioned<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T> {
-    let message: T = decode(bytes)?;
+    check_version(decode(bytes)?)
+}
+
+fn check_version<T: Versioned>(message: T) -> Result<T> {
     if message.version() == VERSION {
         Ok(message)
     } else {
@@ -490,6 +549,17 @@ mod tests {
         for reply in replies {
             let bytes = encode(&reply);
             assert_eq!(decode_versioned::<Reply>(&bytes).unwrap(), reply);
+            // The one-pass decoders read the kind of reply they wait for, and a refusal.
+            let (fits, other) = match reply {
+                Reply::Written { .. } => (decode_write_reply(&bytes), decode_read_reply(&bytes)),
+                Reply::Read { .. } => (decode_read_reply(&bytes), decode_write_reply(&bytes)),
+                Reply::Refused { .. } => (decode_read_reply(&bytes), decode_write_reply(&bytes)),
+            };
+            assert_eq!(fits.unwrap(), reply);
+            match reply {
+                Reply::Refused { .. } => assert_eq!(other.unwrap(), reply),
+                _ => assert!(other.is_err(), "{reply:?} read as the other kind"),
+            }
         }
         let kind_last = r#"{"v":1,"applied_index":3,"worker":"w","outcome":{"count":2,"result":"count"},"reply":"read"}"#;
         assert_eq!(
@@ -509,7 +579,16 @@ mod tests {
             r#"{"reply":"refused","refusal":"behind","message":"m"}"#,
         ] {
             assert!(decode_versioned::<Reply>(bad.as_bytes()).is_err(), "{bad}");
+            assert!(decode_read_reply(bad.as_bytes()).is_err(), "{bad}");
+            assert!(decode_write_reply(bad.as_bytes()).is_err(), "{bad}");
         }
+        assert_eq!(
+            decode_read_reply(kind_last.as_bytes()).unwrap(),
+            decode_versioned::<Reply>(kind_last.as_bytes()).unwrap()
+        );
+        let other_version = r#"{"v":2,"reply":"refused","refusal":"behind","message":"m"}"#;
+        assert!(decode_read_reply(other_version.as_bytes()).is_err());
+        assert!(decode_write_reply(other_version.as_bytes()).is_err());
     }
 
     #[test]

@@ -19,8 +19,8 @@ use super::OrchestratorConfig;
 use crate::batch::Batcher;
 use crate::error::{Error, Result};
 use crate::protocol::{
-    decode_versioned, encode, ReadRequest, Refusal, Reply, WriteRequest, READ_QUEUE, VERSION,
-    WRITE_QUEUE,
+    decode_read_reply, decode_write_reply, encode, ReadRequest, Refusal, Reply, WriteRequest,
+    READ_QUEUE, VERSION, WRITE_QUEUE,
 };
 use crate::retry::RetryPolicy;
 use crate::rpc::RpcClient;
@@ -203,7 +203,7 @@ impl Front {
         loop {
             let may_republish = republished.load(Ordering::SeqCst) < MAX_REPUBLISH;
             let answer = tokio::select! {
-                answer = self.call(&self.writes, body.clone()) => answer,
+                answer = self.call(&self.writes, body.clone(), decode_write_reply) => answer,
                 _ = changes.changed(), if may_republish => {
                     republished.fetch_add(1, Ordering::SeqCst);
                     continue;
@@ -257,7 +257,10 @@ impl Front {
     }
 
     async fn read_once(&self, body: &Bytes) -> std::result::Result<ReadAnswer, Failure> {
-        match self.call(&self.reads, body.clone()).await {
+        match self
+            .call(&self.reads, body.clone(), decode_read_reply)
+            .await
+        {
             Ok(Reply::Read {
                 applied_index,
                 worker,
@@ -272,9 +275,14 @@ impl Front {
         }
     }
 
-    async fn call(&self, line: &Batcher, body: Bytes) -> Result<Reply> {
+    async fn call(
+        &self,
+        line: &Batcher,
+        body: Bytes,
+        decode: fn(&[u8]) -> Result<Reply>,
+    ) -> Result<Reply> {
         let bytes = line.call(body, self.attempt_timeout).await?;
-        decode_versioned::<Reply>(&bytes)
+        decode(&bytes)
     }
 }
 
