@@ -34,9 +34,14 @@ pub struct Batching {
     pub max: usize,
     /// How long a batch may wait for more calls while an earlier one is unanswered.
     pub wait: Duration,
-    /// Batches of one queue unanswered at once, at most; calls beyond them queue and go
-    /// together in the next.
+    /// Read batches unanswered at once, at most; calls beyond them queue and go together in
+    /// the next.
     pub in_flight: usize,
+    /// The same bound for write batches. One by default: there is one master, whose group
+    /// commit appends a batch as one record anyway, so a second batch in flight only splits
+    /// the writes waiting into smaller messages, records and commits (docs/benchmarks.md,
+    /// fourteenth session).
+    pub write_in_flight: usize,
 }
 
 impl Default for Batching {
@@ -45,6 +50,7 @@ impl Default for Batching {
             max: 64,
             wait: Duration::ZERO,
             in_flight: 2,
+            write_in_flight: 1,
         }
     }
 }
@@ -279,6 +285,7 @@ mod tests {
             max: 8,
             wait: Duration::from_millis(20),
             in_flight: 64,
+            write_in_flight: 1,
         };
         let (batcher, messages) = batcher(batching).await;
         let batcher = Arc::new(batcher);
@@ -305,6 +312,7 @@ mod tests {
             max: 64,
             wait: Duration::ZERO,
             in_flight,
+            write_in_flight: 1,
         };
         let (batcher, messages) = batcher(batching).await;
         let batcher = Arc::new(batcher);
@@ -342,6 +350,7 @@ mod tests {
             max: 1,
             wait: Duration::ZERO,
             in_flight: 64,
+            write_in_flight: 1,
         };
         let (batcher, messages) = batcher(batching).await;
         let batcher = Arc::new(batcher);
@@ -369,6 +378,7 @@ mod tests {
                 max: 1,
                 wait: Duration::ZERO,
                 in_flight: 1,
+                write_in_flight: 1,
             },
             1,
             Duration::from_secs(5),

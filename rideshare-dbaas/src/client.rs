@@ -141,7 +141,11 @@ impl InProcessDb {
         route: &'static str,
         work: impl std::future::Future<Output = crate::error::Result<T>>,
     ) -> Result<T, DbError> {
-        let span = tracing::info_span!(
+        // Debug level: at the default level the caller's own request span (users or rides)
+        // already gives every line the request id, and an enabled span is formatted and
+        // entered on every poll (about 10 % of `rideshare up`'s CPU per created ride, with the
+        // two below in `front.rs`).
+        let span = tracing::debug_span!(
             "request",
             request_id = %current_request_id().unwrap_or_default(),
             service = "orchestrator",

@@ -102,11 +102,13 @@ fn config(seed: u64, snapshots: Option<SnapshotDir>, gates: &Gates) -> EmbeddedC
             start_grace: Duration::from_secs(5),
             max_in_flight: 64,
             // Batches of every size up to 8, some collected for a while, behind 1 to 5 unanswered
-            // ones: writes and reads of one message face the same faults as lone ones.
+            // ones (writes: 1 to 3): writes and reads of one message face the same faults as
+            // lone ones.
             batching: Batching {
                 max: 1 + (seed % 8) as usize,
                 wait: Duration::from_micros(seed % 3 * 700),
                 in_flight: 1 + (seed % 5) as usize,
+                write_in_flight: 1 + (seed / 5 % 3) as usize,
             },
             snapshots,
         },

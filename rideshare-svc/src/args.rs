@@ -249,6 +249,10 @@ pub struct BatchArgs {
     /// next message (so batches grow with the load, with no wait).
     #[arg(long, env = "RIDESHARE_BATCH_IN_FLIGHT", default_value_t = BatchArgs::default().batch_in_flight, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_in_flight: u32,
+    /// The same bound for write batches (to the one master, whose group commit appends each
+    /// batch as one log record).
+    #[arg(long, env = "RIDESHARE_WRITE_BATCH_IN_FLIGHT", default_value_t = BatchArgs::default().write_batch_in_flight, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub write_batch_in_flight: u32,
 }
 
 /// The orchestrator's own defaults (`Batching::default`), so they are written once.
@@ -259,6 +263,7 @@ impl Default for BatchArgs {
             batch_max: defaults.max as u32,
             batch_wait: defaults.wait,
             batch_in_flight: defaults.in_flight as u32,
+            write_batch_in_flight: defaults.write_in_flight as u32,
         }
     }
 }
@@ -269,6 +274,7 @@ impl BatchArgs {
             max: self.batch_max as usize,
             wait: self.batch_wait,
             in_flight: self.batch_in_flight as usize,
+            write_in_flight: self.write_batch_in_flight as usize,
         }
     }
 }
@@ -394,10 +400,15 @@ impl OrchestratorArgs {
             batch_max,
             batch_wait,
             batch_in_flight,
+            write_batch_in_flight,
         } = batching;
         flag("batch-max", batch_max.to_string().into());
         flag("batch-wait", duration(*batch_wait));
         flag("batch-in-flight", batch_in_flight.to_string().into());
+        flag(
+            "write-batch-in-flight",
+            write_batch_in_flight.to_string().into(),
+        );
         let insecure_no_auth = http.push_args(&mut flag);
         if insecure_no_auth {
             argv.push("--insecure-no-auth".into());

@@ -264,6 +264,7 @@ mod tests {
                 batch_max: 7,
                 batch_wait: Duration::from_micros(1_250),
                 batch_in_flight: 3,
+                write_batch_in_flight: 2,
             },
             http: HttpArgs {
                 max_body_bytes: 4_096,

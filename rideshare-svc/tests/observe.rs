@@ -308,6 +308,7 @@ fn capture_logs() -> Captured {
                 LogFormat::Json,
                 filter,
                 captured.clone(),
+                false,
             ))
             .expect("no other subscriber in this test binary");
             captured

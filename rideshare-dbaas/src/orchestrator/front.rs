@@ -16,7 +16,7 @@ use tokio::sync::{watch, RwLock, RwLockWriteGuard};
 
 use super::api::{ReadAnswer, WriteAck};
 use super::OrchestratorConfig;
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Batching};
 use crate::error::{Error, Result};
 use crate::protocol::{
     decode_read_reply, decode_write_reply, encode, ReadRequest, Refusal, Reply, WriteRequest,
@@ -116,11 +116,14 @@ impl Front {
         master_changes: watch::Receiver<u64>,
     ) -> Self {
         let rpc = Arc::new(rpc);
-        let batcher = |queue| {
+        let batcher = |queue, in_flight| {
             Batcher::start(
                 Arc::clone(&rpc),
                 queue,
-                config.batching,
+                Batching {
+                    in_flight,
+                    ..config.batching
+                },
                 config.max_in_flight,
                 config.attempt_timeout,
             )
@@ -128,8 +131,8 @@ impl Front {
         Front {
             attempt_timeout: config.attempt_timeout,
             retry: RetryPolicy::fixed(config.attempts, config.retry_pause),
-            writes: batcher(WRITE_QUEUE),
-            reads: batcher(READ_QUEUE),
+            writes: batcher(WRITE_QUEUE, config.batching.write_in_flight),
+            reads: batcher(READ_QUEUE, config.batching.in_flight),
             acked: AtomicU64::new(acked),
             seen: AtomicU64::new(acked),
             write_gate: RwLock::new(()),
@@ -160,7 +163,7 @@ impl Front {
     }
 
     /// Sends one write to the master; tries again (same request id) through failovers.
-    #[tracing::instrument(name = "db_write", skip_all, fields(
+    #[tracing::instrument(name = "db_write", level = "debug", skip_all, fields(
         request_id = %request_id,
         http_request = %current_request_id().unwrap_or_default(),
     ))]
@@ -228,7 +231,7 @@ impl Front {
     }
 
     /// Sends one read to a slave, which first applies the index `fresh` asks for.
-    #[tracing::instrument(name = "db_read", skip_all, fields(
+    #[tracing::instrument(name = "db_read", level = "debug", skip_all, fields(
         stale = fresh.stale,
         at_least = fresh.at_least,
         http_request = %current_request_id().unwrap_or_default(),
