@@ -151,7 +151,23 @@ impl StoreHandle {
     /// With reader threads, reads go to them (the first with room, from a rotating start), so
     /// several batches are read at once and none waits behind a commit group; a digest
     /// (`checksum`) still goes to the store thread, which keeps the running checksum.
+    ///
+    /// The same op asked more than once in a batch (many riders listing one route, the rides
+    /// service's user check under a burst of new rides) is read once: every op of the batch
+    /// reads the same snapshot, so their answers are equal by definition.
     pub async fn read(&self, ops: Vec<ReadOp>) -> Result<Reads> {
+        let (distinct, slots) = distinct_ops(ops);
+        let reads = self.read_distinct(distinct).await?;
+        Ok(match slots {
+            None => reads,
+            Some(slots) => Reads {
+                applied_index: reads.applied_index,
+                outcomes: spread(reads.outcomes, &slots),
+            },
+        })
+    }
+
+    async fn read_distinct(&self, ops: Vec<ReadOp>) -> Result<Reads> {
         if self.readers.is_empty() || ops.iter().any(|op| matches!(op, ReadOp::Checksum)) {
             return self.call(|answer| Command::Read(ops, answer)).await;
         }
@@ -217,6 +233,43 @@ impl StoreHandle {
             .map_err(|e| Error::adapter("the store thread ended", e))?;
         wait(answered).await
     }
+}
+
+/// `ops` without repeats, in first-asked order, and for each op of `ops` the position of its
+/// answer among them; `None` when nothing repeats (the common case costs no copy). A batch holds
+/// at most `--batch-max` ops, so the quadratic search is over a few dozen small values.
+fn distinct_ops(ops: Vec<ReadOp>) -> (Vec<ReadOp>, Option<Vec<usize>>) {
+    let mut distinct: Vec<ReadOp> = Vec::with_capacity(ops.len());
+    let mut slots = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        match distinct.iter().position(|seen| seen == op) {
+            Some(slot) => slots.push(slot),
+            None => {
+                slots.push(distinct.len());
+                distinct.push(ops[i].clone());
+            }
+        }
+    }
+    if distinct.len() == ops.len() {
+        (ops, None)
+    } else {
+        (distinct, Some(slots))
+    }
+}
+
+/// The answers of [`distinct_ops`]'s ops, one per op asked: a repeated op gets a copy of its
+/// answer (a failure, which carries no value to copy, is told again by its message).
+fn spread(outcomes: Vec<Result<ReadOutcome>>, slots: &[usize]) -> Vec<Result<ReadOutcome>> {
+    slots
+        .iter()
+        .map(|&slot| match &outcomes[slot] {
+            Ok(outcome) => Ok(outcome.clone()),
+            Err(e) => Err(Error::adapter(
+                "a read of this batch",
+                std::io::Error::other(e.to_string()),
+            )),
+        })
+        .collect()
 }
 
 /// Starts one reader thread; it ends when the handle (its sender) is dropped.
@@ -401,4 +454,82 @@ fn apply_record(
     effects.extend(marker_effect);
     effects.extend(step.answers(&applied));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rideshare_core::{Area, RideId, Timestamp, Username};
+
+    use super::*;
+
+    fn listing(after: &str) -> ReadOp {
+        ReadOp::UpcomingRides {
+            source: Area::new(1).unwrap(),
+            destination: Area::new(2).unwrap(),
+            after: Timestamp::parse(after).unwrap(),
+        }
+    }
+
+    #[test]
+    fn repeated_ops_are_read_once_and_each_asker_gets_its_answer() {
+        let user = ReadOp::UserExists {
+            username: Username::parse("ann").unwrap(),
+        };
+        let early = listing("01-01-2030:00-00-00");
+        let late = listing("01-01-2030:00-00-01");
+        let ops = vec![
+            ReadOp::ListUsers,
+            early.clone(),
+            ReadOp::ListUsers,
+            user.clone(),
+            late.clone(),
+            early.clone(),
+            ReadOp::ListUsers,
+        ];
+        let (distinct, slots) = distinct_ops(ops.clone());
+        assert_eq!(distinct, vec![ReadOp::ListUsers, early, user, late]);
+        let slots = slots.expect("repeats");
+        assert_eq!(slots, vec![0, 1, 0, 2, 3, 1, 0]);
+        for (op, slot) in ops.iter().zip(&slots) {
+            assert_eq!(op, &distinct[*slot]);
+        }
+
+        // Each answer goes to every op that asked it, a failure included.
+        let outcomes = vec![
+            Ok(ReadOutcome::Count { count: 1 }),
+            Ok(ReadOutcome::Count { count: 2 }),
+            Err(Error::Protocol("no".into())),
+            Ok(ReadOutcome::Count { count: 4 }),
+        ];
+        let spread: Vec<String> = spread(outcomes, &slots)
+            .into_iter()
+            .map(|o| match o {
+                Ok(ReadOutcome::Count { count }) => count.to_string(),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => format!("{e:#}"),
+            })
+            .collect();
+        assert_eq!(spread[..2], ["1", "2"]);
+        assert_eq!(spread[2], "1");
+        assert!(
+            spread[3].starts_with("a read of this batch"),
+            "{}",
+            spread[3]
+        );
+        assert_eq!(spread[4..], ["4", "2", "1"]);
+    }
+
+    #[test]
+    fn a_batch_without_repeats_is_passed_on_as_it_is() {
+        let ops = vec![
+            ReadOp::ListUsers,
+            ReadOp::GetRide {
+                ride_id: RideId::parse("7").unwrap(),
+            },
+            ReadOp::CountRides,
+        ];
+        let (distinct, slots) = distinct_ops(ops.clone());
+        assert_eq!(distinct, ops);
+        assert!(slots.is_none());
+    }
 }
