@@ -76,7 +76,7 @@ impl RpcClient {
             self.prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.pending.lock().insert(id.clone(), tx);
         // Whatever ends this call (reply, error, timeout, or the caller dropping it), the
         // waiter entry goes with it, so abandoned calls leave nothing behind.
@@ -90,10 +90,28 @@ impl RpcClient {
             reply_to: Some(self.reply_queue.clone()),
             transient: crate::protocol::transient_requests(queue),
         };
-        self.broker.publish(queue, message).await?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(Error::QueueClosed(self.reply_queue.clone())),
+        // The reply is awaited beside the publish's confirm, not after it: RabbitMQ confirms a
+        // persistent message on a durable queue (a write) once it is on disk or consumed and
+        // acked, which is after the worker has replied, so waiting for the confirm first put
+        // the worker's reply-and-ack round trip on every write's path. A reply proves the
+        // request arrived; a publish that fails before any reply fails the call.
+        let publish = self.broker.publish(queue, message);
+        tokio::pin!(publish);
+        let answered = async {
+            let mut published = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    reply = &mut rx => return reply.map_err(|_| Error::QueueClosed(self.reply_queue.clone())),
+                    outcome = &mut publish, if !published => {
+                        outcome?;
+                        published = true;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(answer) => answer,
             Err(_) => Err(Error::Timeout("worker", timeout_ms)),
         }
     }
@@ -153,15 +171,146 @@ async fn forward(mut consumer: Box<dyn crate::broker::Consumer>, pending: &Pendi
     while let Some(delivery) = consumer.next().await {
         let Ok(delivery) = delivery else { break };
         delivered = true;
-        let _ = delivery.ack().await;
+        // The caller gets its reply before the ack goes out: the ack only frees the broker's
+        // record of the delivery, and awaiting it first put a round trip through the broker
+        // client's IO thread on every reply's path.
         let waiter = delivery
             .message
             .correlation_id
             .as_ref()
             .and_then(|id| pending.lock().remove(id));
         if let Some(waiter) = waiter {
-            let _ = waiter.send(delivery.message.body);
+            let _ = waiter.send(delivery.message.body.clone());
         }
+        let _ = delivery.ack().await;
     }
     delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::mem::MemBroker;
+    use crate::broker::Consumer;
+    use async_trait::async_trait;
+
+    /// A broker whose publisher confirm comes `delay` after the message is on its queue, as
+    /// RabbitMQ's does for a persistent message it writes to disk first; replies (to
+    /// `rideshare.reply.*`) are confirmed at once.
+    struct SlowConfirm {
+        inner: MemBroker,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Broker for SlowConfirm {
+        async fn declare(&self, queue: &str) -> Result<()> {
+            self.inner.declare(queue).await
+        }
+        async fn declare_exclusive(&self, queue: &str) -> Result<()> {
+            self.inner.declare_exclusive(queue).await
+        }
+        async fn publish(&self, queue: &str, message: Message) -> Result<()> {
+            self.inner.publish(queue, message).await?;
+            if !queue.starts_with("rideshare.reply.") {
+                tokio::time::sleep(self.delay).await;
+            }
+            Ok(())
+        }
+        async fn consume_prioritized(
+            &self,
+            queue: &str,
+            prefetch: u16,
+            priority: i32,
+        ) -> Result<Box<dyn Consumer>> {
+            self.inner
+                .consume_prioritized(queue, prefetch, priority)
+                .await
+        }
+    }
+
+    /// Answers every request on `queue` with its own body.
+    async fn echo(broker: Arc<dyn Broker>, queue: &'static str) {
+        broker.declare(queue).await.unwrap();
+        let mut consumer = broker.consume(queue, 16).await.unwrap();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let reply = Message {
+                    correlation_id: delivery.message.correlation_id.clone(),
+                    ..Message::new(delivery.message.body.clone())
+                };
+                let to = delivery.message.reply_to.clone().unwrap();
+                broker.publish(&to, reply).await.unwrap();
+                delivery.ack().await.unwrap();
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_comes_before_the_publish_confirm_answers_the_call() {
+        let broker: Arc<dyn Broker> = Arc::new(SlowConfirm {
+            inner: MemBroker::new(),
+            delay: Duration::from_secs(5),
+        });
+        echo(Arc::clone(&broker), "work").await;
+        let rpc = RpcClient::start(broker, "test", 8).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let reply = rpc
+            .call("work", Bytes::from_static(b"hello"), Duration::from_secs(2))
+            .await
+            .expect("the reply came long before the confirm");
+        assert_eq!(reply, Bytes::from_static(b"hello"));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(rpc.waiting(), 0);
+    }
+
+    /// A broker that refuses every publish to the work queue (after a pause), as RabbitMQ does
+    /// with a nack.
+    struct Refusing(MemBroker);
+
+    #[async_trait]
+    impl Broker for Refusing {
+        async fn declare(&self, queue: &str) -> Result<()> {
+            self.0.declare(queue).await
+        }
+        async fn declare_exclusive(&self, queue: &str) -> Result<()> {
+            self.0.declare_exclusive(queue).await
+        }
+        async fn publish(&self, _queue: &str, _message: Message) -> Result<()> {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(Error::BrokerUnavailable("nacked".into()))
+        }
+        async fn consume_prioritized(
+            &self,
+            queue: &str,
+            prefetch: u16,
+            priority: i32,
+        ) -> Result<Box<dyn Consumer>> {
+            self.0.consume_prioritized(queue, prefetch, priority).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_fails_before_any_reply_fails_the_call_at_once() {
+        let broker: Arc<dyn Broker> = Arc::new(Refusing(MemBroker::new()));
+        let rpc = RpcClient::start(broker, "test", 8).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = rpc
+            .call("work", Bytes::from_static(b"hello"), Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::BrokerUnavailable(_))),
+            "{outcome:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(rpc.waiting(), 0);
+    }
 }
