@@ -194,16 +194,24 @@ mod tests {
     use crate::broker::Consumer;
     use async_trait::async_trait;
 
-    /// A broker whose publisher confirm comes `delay` after the message is on its queue, as
-    /// RabbitMQ's does for a persistent message it writes to disk first; replies (to
-    /// `rideshare.reply.*`) are confirmed at once.
-    struct SlowConfirm {
+    /// How [`Staged`] answers a publish to a work queue (replies, to `rideshare.reply.*`, are
+    /// confirmed at once).
+    enum Confirm {
+        /// The message is queued, and confirmed this much later: RabbitMQ confirms a persistent
+        /// message only once it is on disk.
+        After(Duration),
+        /// Refused after a pause, as RabbitMQ does with a nack.
+        Refused,
+    }
+
+    /// A broker on [`MemBroker`] whose publisher confirms to work queues are staged.
+    struct Staged {
         inner: MemBroker,
-        delay: Duration,
+        confirm: Confirm,
     }
 
     #[async_trait]
-    impl Broker for SlowConfirm {
+    impl Broker for Staged {
         async fn declare(&self, queue: &str) -> Result<()> {
             self.inner.declare(queue).await
         }
@@ -211,11 +219,20 @@ mod tests {
             self.inner.declare_exclusive(queue).await
         }
         async fn publish(&self, queue: &str, message: Message) -> Result<()> {
-            self.inner.publish(queue, message).await?;
-            if !queue.starts_with("rideshare.reply.") {
-                tokio::time::sleep(self.delay).await;
+            if queue.starts_with("rideshare.reply.") {
+                return self.inner.publish(queue, message).await;
             }
-            Ok(())
+            match self.confirm {
+                Confirm::After(delay) => {
+                    self.inner.publish(queue, message).await?;
+                    tokio::time::sleep(delay).await;
+                    Ok(())
+                }
+                Confirm::Refused => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Err(Error::BrokerUnavailable("nacked".into()))
+                }
+            }
         }
         async fn consume_prioritized(
             &self,
@@ -248,9 +265,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_that_comes_before_the_publish_confirm_answers_the_call() {
-        let broker: Arc<dyn Broker> = Arc::new(SlowConfirm {
+        let broker: Arc<dyn Broker> = Arc::new(Staged {
             inner: MemBroker::new(),
-            delay: Duration::from_secs(5),
+            confirm: Confirm::After(Duration::from_secs(5)),
         });
         echo(Arc::clone(&broker), "work").await;
         let rpc = RpcClient::start(broker, "test", 8).await.unwrap();
@@ -268,35 +285,12 @@ mod tests {
         assert_eq!(rpc.waiting(), 0);
     }
 
-    /// A broker that refuses every publish to the work queue (after a pause), as RabbitMQ does
-    /// with a nack.
-    struct Refusing(MemBroker);
-
-    #[async_trait]
-    impl Broker for Refusing {
-        async fn declare(&self, queue: &str) -> Result<()> {
-            self.0.declare(queue).await
-        }
-        async fn declare_exclusive(&self, queue: &str) -> Result<()> {
-            self.0.declare_exclusive(queue).await
-        }
-        async fn publish(&self, _queue: &str, _message: Message) -> Result<()> {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Err(Error::BrokerUnavailable("nacked".into()))
-        }
-        async fn consume_prioritized(
-            &self,
-            queue: &str,
-            prefetch: u16,
-            priority: i32,
-        ) -> Result<Box<dyn Consumer>> {
-            self.0.consume_prioritized(queue, prefetch, priority).await
-        }
-    }
-
     #[tokio::test]
     async fn a_publish_that_fails_before_any_reply_fails_the_call_at_once() {
-        let broker: Arc<dyn Broker> = Arc::new(Refusing(MemBroker::new()));
+        let broker: Arc<dyn Broker> = Arc::new(Staged {
+            inner: MemBroker::new(),
+            confirm: Confirm::Refused,
+        });
         let rpc = RpcClient::start(broker, "test", 8).await.unwrap();
         let started = tokio::time::Instant::now();
         let outcome = rpc
