@@ -12,10 +12,23 @@ use rideshare_svc::{roles, up};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     rideshare_svc::logging::init(cli.log_format);
+    // A worker process runs its tasks on one thread (tokio's current-thread scheduler); every
+    // other subcommand on the multi-threaded one, a thread per core. A worker's heavy work has
+    // threads of its own (the SQLite store and reader threads, lapin's I/O loop); its tasks
+    // decode, hand off and answer, and a second scheduler thread only adds wake-ups. On 2
+    // cores a real-engine read at 1 client answered about 3 % sooner, over alternating runs
+    // (docs/benchmarks.md, seventeenth session).
+    let mut runtime = match cli.command {
+        Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     match cli.command {
         Command::Up(args) => up::run(args, shutdown).await,

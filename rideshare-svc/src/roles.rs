@@ -169,6 +169,9 @@ pub async fn orchestrator(
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(args.id.clone(), std::process::id());
     config.group_commit = args.group_commit.settings();
+    // This process's clock is real: its store's answers are awaited directly, even on the
+    // current-thread runtime `main` gives a worker.
+    config.clock_may_pause = false;
     // Health, readiness and metrics, when asked for: bound before anything else, so the
     // address can go into the member record.
     let (stop, stopped) = watch::channel(false);

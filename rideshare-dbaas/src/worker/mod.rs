@@ -103,6 +103,12 @@ pub struct WorkerConfig {
     pub http: Option<String>,
     /// Where and how often it writes snapshots; `None`: never.
     pub snapshots: Option<SnapshotSettings>,
+    /// Whether the clock of the runtime it runs on may be paused (`tokio::time::pause`: tests
+    /// and the simulation). On a current-thread runtime the worker then awaits its store's
+    /// threads through tokio's blocking pool (see `store::Handoff`), at two more thread
+    /// handoffs per store call. The `rideshare worker` process, whose clock is real, turns it
+    /// off.
+    pub clock_may_pause: bool,
 }
 
 /// A worker's snapshot settings.
@@ -133,6 +139,7 @@ impl WorkerConfig {
             ready: Arc::default(),
             http: None,
             snapshots: None,
+            clock_may_pause: true,
         }
     }
 }
@@ -202,8 +209,14 @@ pub async fn run_worker_from(
         epoch: installed.as_ref().map_or(0, |m| m.epoch),
         checksum: installed.as_ref().map(|m| m.checksum_parts),
     };
-    let (store, start_index) =
-        StoreHandle::spawn(store, &config.id, config.read_threads, start).await?;
+    let (store, start_index) = StoreHandle::spawn(
+        store,
+        &config.id,
+        config.read_threads,
+        start,
+        config.clock_may_pause,
+    )
+    .await?;
     let member = MemberRecord {
         id: config.id.clone(),
         pid: config.pid,

@@ -75,6 +75,7 @@ pub(super) struct StoreHandle {
     /// A connection of its own for snapshots (`export`), so writing one holds back neither the
     /// log nor the reads; none for a store without a file (the store thread exports then).
     exporter: parking_lot::Mutex<Option<Box<dyn SnapshotReader>>>,
+    handoff: Handoff,
 }
 
 /// Where a store starts: from scratch, or installed from a snapshot whose epoch and checksum
@@ -100,7 +101,9 @@ impl StoreHandle {
         worker: &str,
         readers: usize,
         from: Start,
+        clock_may_pause: bool,
     ) -> Result<(Self, u64)> {
+        let handoff = Handoff::for_this_runtime(clock_may_pause);
         let mut reader_senders = Vec::with_capacity(readers);
         for n in 0..readers {
             let Some(reader) = store.reader()? else { break };
@@ -126,13 +129,14 @@ impl StoreHandle {
                 owner.run(received);
             })
             .map_err(|e| Error::adapter("starting the store thread", e))?;
-        let start_index = wait(start).await?;
+        let start_index = handoff.wait(start).await?;
         Ok((
             StoreHandle {
                 commands,
                 readers: reader_senders,
                 next_reader: AtomicUsize::new(0),
                 exporter: parking_lot::Mutex::new(exporter),
+                handoff,
             },
             start_index,
         ))
@@ -176,7 +180,7 @@ impl StoreHandle {
         let mut command = (ops, answer);
         for k in 0..self.readers.len() {
             match self.readers[(start + k) % self.readers.len()].try_send(command) {
-                Ok(()) => return wait(answered).await,
+                Ok(()) => return self.handoff.wait(answered).await,
                 Err(mpsc::error::TrySendError::Full(back)) => command = back,
                 Err(e @ mpsc::error::TrySendError::Closed(_)) => {
                     return Err(Error::adapter("a reader thread ended", e))
@@ -188,7 +192,7 @@ impl StoreHandle {
             .send(command)
             .await
             .map_err(|e| Error::adapter("a reader thread ended", e))?;
-        wait(answered).await
+        self.handoff.wait(answered).await
     }
 
     /// The applied index and the checksum of the data there, read together.
@@ -231,7 +235,7 @@ impl StoreHandle {
             .send(command(answer))
             .await
             .map_err(|e| Error::adapter("the store thread ended", e))?;
-        wait(answered).await
+        self.handoff.wait(answered).await
     }
 }
 
@@ -303,25 +307,42 @@ fn spawn_reader(
     Ok(sender)
 }
 
-/// Waits for a store or reader thread's answer.
+/// How a task waits for a store or reader thread's answer.
 ///
-/// On a multi-threaded runtime the oneshot is awaited: the other thread's send wakes the task,
-/// one handoff. On a current-thread runtime the wait goes to tokio's blocking pool instead:
-/// only such a runtime can have a paused test clock (`tokio::time::pause` refuses any other),
-/// and under one (the simulation) tokio moves time on as soon as every task waits; a task
-/// waiting for another OS thread looks idle, so timers would fire in the middle of a commit. A
+/// `Direct`: the oneshot is awaited, and the other thread's send wakes the task, one handoff.
+/// `BlockingPool`: the wait goes to tokio's blocking pool instead, for a current-thread runtime
+/// whose clock may be paused (`tokio::time::pause` refuses any other runtime): under a paused
+/// clock (the simulation) tokio moves time on as soon as every task waits, and a task waiting
+/// for another OS thread looks idle, so timers would fire in the middle of a commit. A
 /// blocking-pool task holds the clock while it runs, at the cost of two more thread handoffs per
-/// command, which profiling showed to be the largest cost of a read in `rideshare up`.
-async fn wait<T: Send + 'static>(answered: oneshot::Receiver<Result<T>>) -> Result<T> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let answer = if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
-        tokio::task::spawn_blocking(move || answered.blocking_recv())
-            .await
-            .map_err(|e| Error::adapter("waiting for the store thread", e))?
-    } else {
-        answered.await
-    };
-    answer.map_err(|e| Error::adapter("the store thread ended", e))?
+/// call, which profiling showed to be the largest cost of a read in `rideshare up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handoff {
+    Direct,
+    BlockingPool,
+}
+
+impl Handoff {
+    /// For the runtime the caller runs on: `BlockingPool` only on a current-thread runtime
+    /// whose clock may be paused.
+    fn for_this_runtime(clock_may_pause: bool) -> Self {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if clock_may_pause && Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+            Handoff::BlockingPool
+        } else {
+            Handoff::Direct
+        }
+    }
+
+    async fn wait<T: Send + 'static>(self, answered: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let answer = match self {
+            Handoff::BlockingPool => tokio::task::spawn_blocking(move || answered.blocking_recv())
+                .await
+                .map_err(|e| Error::adapter("waiting for the store thread", e))?,
+            Handoff::Direct => answered.await,
+        };
+        answer.map_err(|e| Error::adapter("the store thread ended", e))?
+    }
 }
 
 /// What the store thread owns.
@@ -468,6 +489,34 @@ mod tests {
             destination: Area::new(2).unwrap(),
             after: Timestamp::parse(after).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn on_one_thread_store_answers_take_the_blocking_pool_only_if_the_clock_may_pause() {
+        assert_eq!(Handoff::for_this_runtime(true), Handoff::BlockingPool);
+        assert_eq!(Handoff::for_this_runtime(false), Handoff::Direct);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_several_threads_store_answers_are_awaited_directly() {
+        assert_eq!(Handoff::for_this_runtime(true), Handoff::Direct);
+        assert_eq!(Handoff::for_this_runtime(false), Handoff::Direct);
+    }
+
+    /// The `rideshare worker` process: one thread, a real clock, answers awaited directly.
+    #[tokio::test]
+    async fn a_store_on_one_thread_with_a_real_clock_answers_directly() {
+        let store = Box::new(rideshare_core::store::mem::MemStore::new());
+        let (store, index) = StoreHandle::spawn(store, "w", 0, Start::default(), false)
+            .await
+            .unwrap();
+        assert_eq!((store.handoff, index), (Handoff::Direct, 0));
+        let reads = store.read(vec![ReadOp::CountRides]).await.unwrap();
+        assert_eq!(reads.applied_index, 0);
+        assert!(matches!(
+            reads.outcomes.as_slice(),
+            [Ok(ReadOutcome::Count { count: 0 })]
+        ));
     }
 
     #[test]
