@@ -25,8 +25,8 @@ pub const WRITE_QUEUE: &str = "rideshare.write";
 pub const READ_QUEUE: &str = "rideshare.read";
 
 /// Whether a request on `queue` goes out transient (lost if the broker restarts before it is
-/// delivered): reads, whose callers retry on a timeout and which change nothing, so their
-/// publish is confirmed without a disk write. Writes are persistent.
+/// delivered, and not waited for: see `Message::transient`): reads, whose callers retry on a
+/// timeout and which change nothing. Writes are persistent.
 pub fn transient_requests(queue: &str) -> bool {
     queue == READ_QUEUE
 }

@@ -172,6 +172,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     // This process's clock is real: its store's answers are awaited directly, even on the
     // current-thread runtime `main` gives a worker.
     config.clock_may_pause = false;
+    // Its runtime only routes messages: a few point reads are answered on it directly.
+    config.inline_point_reads = true;
     // Health, readiness and metrics, when asked for: bound before anything else, so the
     // address can go into the member record.
     let (stop, stopped) = watch::channel(false);

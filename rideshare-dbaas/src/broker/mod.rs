@@ -7,7 +7,8 @@
 //!   connection lost) requeue it, so it is delivered again (at least once);
 //! - never deliver more than `prefetch` unacked messages to one consumer;
 //! - deliver to a lower-priority consumer only while no higher-priority one has room;
-//! - return from `publish` only once the broker has taken the message (publisher confirm);
+//! - return from `publish` of a persistent message only once the broker has taken it
+//!   (publisher confirm); a transient one may return once it is on its way;
 //! - carry `correlation_id` and `reply_to` unchanged.
 //!
 //! Request/response by correlation id is built on these in [`crate::rpc`].
@@ -25,9 +26,11 @@ pub struct Message {
     pub body: Bytes,
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
-    /// The message may be lost when the broker restarts (AMQP delivery mode 1): RabbitMQ then
-    /// confirms it without writing it to disk. Only for requests whose caller retries and which
-    /// change nothing: reads. Otherwise persistent (delivery mode 2).
+    /// The message may be lost when the broker restarts (AMQP delivery mode 1), and `publish`
+    /// may return before the broker has it (RabbitMQ: once its frames are queued on the
+    /// connection, no confirm waited for). Only for messages whose loss the caller's own timeout
+    /// and retry cover: reads, and replies (a write asked again is answered by its request id
+    /// with its first outcome). Otherwise persistent (delivery mode 2).
     pub transient: bool,
 }
 
@@ -97,7 +100,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn declare(&self, queue: &str) -> Result<()>;
     /// Declares a queue that lives as long as its declaring connection (for replies).
     async fn declare_exclusive(&self, queue: &str) -> Result<()>;
-    /// Publishes to a queue; returns once the broker confirmed it.
+    /// Publishes to a queue; returns once the broker confirmed it (a transient message: once
+    /// it is on its way).
     async fn publish(&self, queue: &str, message: Message) -> Result<()>;
     /// Starts consuming, with at most `prefetch` unacked deliveries at a time (0: unbounded, as
     /// in AMQP). Consuming an undeclared queue fails with [`crate::Error::QueueClosed`].

@@ -109,6 +109,12 @@ pub struct WorkerConfig {
     /// handoffs per store call. The `rideshare worker` process, whose clock is real, turns it
     /// off.
     pub clock_may_pause: bool,
+    /// Whether a message of a few point reads (whether a user exists, one ride) is answered on
+    /// the task's own thread, from a connection of its own, rather than handed to a reader
+    /// thread (`store::StoreHandle::read`). Off by default: a worker in `rideshare up` shares
+    /// its runtime's threads with the services. The `rideshare worker` process, whose runtime
+    /// only routes messages, turns it on.
+    pub inline_point_reads: bool,
 }
 
 /// A worker's snapshot settings.
@@ -140,6 +146,7 @@ impl WorkerConfig {
             http: None,
             snapshots: None,
             clock_may_pause: true,
+            inline_point_reads: false,
         }
     }
 }
@@ -215,6 +222,7 @@ pub async fn run_worker_from(
         config.read_threads,
         start,
         config.clock_may_pause,
+        config.inline_point_reads,
     )
     .await?;
     let member = MemberRecord {

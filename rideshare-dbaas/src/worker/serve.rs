@@ -87,6 +87,9 @@ where
     }
 }
 
+/// Publishes a request's reply, transient: a reply lost with the broker (or the orchestrator's
+/// connection, which takes its exclusive reply queue along) is covered by the orchestrator's
+/// timeout and retry, so waiting for RabbitMQ's confirm bought nothing but two wake-ups.
 async fn reply(broker: &dyn Broker, delivery: &Delivery, body: bytes::Bytes) {
     let Some(reply_to) = delivery.message.reply_to.as_deref() else {
         return;
@@ -95,7 +98,7 @@ async fn reply(broker: &dyn Broker, delivery: &Delivery, body: bytes::Bytes) {
         body,
         correlation_id: delivery.message.correlation_id.clone(),
         reply_to: None,
-        transient: false,
+        transient: true,
     };
     if let Err(e) = broker.publish(reply_to, message).await {
         tracing::warn!(error = %e, "could not publish a reply");

@@ -62,6 +62,9 @@ pub(super) struct Reads {
 /// Reads waiting for one reader thread at most.
 const READS_PER_READER: usize = 16;
 
+/// Most reads of one message answered on the calling thread (see [`StoreHandle::read`]).
+const INLINE_READS: usize = 8;
+
 type ReadCommand = (Vec<ReadOp>, Answer<Reads>);
 
 /// The async side's way to the store thread and its reader threads; cheap to share behind the
@@ -72,6 +75,9 @@ pub(super) struct StoreHandle {
     /// store thread; none for a store without a file (reads then go to the store thread).
     readers: Vec<mpsc::Sender<ReadCommand>>,
     next_reader: AtomicUsize,
+    /// A connection of its own for point reads answered on the calling thread
+    /// (`WorkerConfig::inline_point_reads`); none otherwise, or for a store without a file.
+    inline: Option<parking_lot::Mutex<Box<dyn SnapshotReader>>>,
     /// A connection of its own for snapshots (`export`), so writing one holds back neither the
     /// log nor the reads; none for a store without a file (the store thread exports then).
     exporter: parking_lot::Mutex<Option<Box<dyn SnapshotReader>>>,
@@ -102,6 +108,7 @@ impl StoreHandle {
         readers: usize,
         from: Start,
         clock_may_pause: bool,
+        inline_point_reads: bool,
     ) -> Result<(Self, u64)> {
         let handoff = Handoff::for_this_runtime(clock_may_pause);
         let mut reader_senders = Vec::with_capacity(readers);
@@ -109,6 +116,10 @@ impl StoreHandle {
             let Some(reader) = store.reader()? else { break };
             reader_senders.push(spawn_reader(reader, worker, n)?);
         }
+        let inline = match inline_point_reads {
+            true => store.reader()?.map(parking_lot::Mutex::new),
+            false => None,
+        };
         let exporter = store.reader()?;
         let (commands, received) = mpsc::channel(COMMANDS);
         let (started, start) = oneshot::channel();
@@ -135,6 +146,7 @@ impl StoreHandle {
                 commands,
                 readers: reader_senders,
                 next_reader: AtomicUsize::new(0),
+                inline,
                 exporter: parking_lot::Mutex::new(exporter),
                 handoff,
             },
@@ -172,6 +184,9 @@ impl StoreHandle {
     }
 
     async fn read_distinct(&self, ops: Vec<ReadOp>) -> Result<Reads> {
+        if let Some(reads) = self.read_inline(&ops) {
+            return reads;
+        }
         if self.readers.is_empty() || ops.iter().any(|op| matches!(op, ReadOp::Checksum)) {
             return self.call(|answer| Command::Read(ops, answer)).await;
         }
@@ -193,6 +208,22 @@ impl StoreHandle {
             .await
             .map_err(|e| Error::adapter("a reader thread ended", e))?;
         self.handoff.wait(answered).await
+    }
+
+    /// Answers a few point reads (whether a user exists, one ride) on the calling thread, from
+    /// the inline connection, when there is one and no other caller holds it; `None` leaves
+    /// the reads to the reader threads. A point read takes a few microseconds, and handing it
+    /// to a reader thread and back costs two thread wake-ups, each longer than the read on a
+    /// machine whose idle cores must be woken (about 40 µs each on the 2-core VMs measured).
+    /// Listings, counts and the user list grow with the data and always go to a reader.
+    fn read_inline(&self, ops: &[ReadOp]) -> Option<Result<Reads>> {
+        let point = |op: &ReadOp| matches!(op, ReadOp::UserExists { .. } | ReadOp::GetRide { .. });
+        if ops.len() > INLINE_READS || !ops.iter().all(point) {
+            return None;
+        }
+        let mut reader = self.inline.as_ref()?.try_lock()?;
+        metrics::counter!("rideshare_worker_inline_reads_total").increment(ops.len() as u64);
+        Some(answer_reads(reader.read_snapshot(ops)))
     }
 
     /// The applied index and the checksum of the data there, read together.
@@ -276,6 +307,24 @@ fn spread(outcomes: Vec<Result<ReadOutcome>>, slots: &[usize]) -> Vec<Result<Rea
         .collect()
 }
 
+/// A reader's answer as the worker passes it on.
+fn answer_reads(
+    read: std::result::Result<
+        rideshare_core::machine::SnapshotReads,
+        rideshare_core::error::StoreError,
+    >,
+) -> Result<Reads> {
+    read.map(|read| Reads {
+        applied_index: read.applied_index,
+        outcomes: read
+            .outcomes
+            .into_iter()
+            .map(|o| o.map_err(Error::from))
+            .collect(),
+    })
+    .map_err(Error::from)
+}
+
 /// Starts one reader thread; it ends when the handle (its sender) is dropped.
 fn spawn_reader(
     mut reader: Box<dyn SnapshotReader>,
@@ -289,18 +338,7 @@ fn spawn_reader(
         .spawn(move || {
             let _entered = span.entered();
             while let Some((ops, answer)) = received.blocking_recv() {
-                let read = reader
-                    .read_snapshot(&ops)
-                    .map(|read| Reads {
-                        applied_index: read.applied_index,
-                        outcomes: read
-                            .outcomes
-                            .into_iter()
-                            .map(|o| o.map_err(Error::from))
-                            .collect(),
-                    })
-                    .map_err(Error::from);
-                let _ = answer.send(read);
+                let _ = answer.send(answer_reads(reader.read_snapshot(&ops)));
             }
         })
         .map_err(|e| Error::adapter("starting a reader thread", e))?;
@@ -507,7 +545,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_on_one_thread_with_a_real_clock_answers_directly() {
         let store = Box::new(rideshare_core::store::mem::MemStore::new());
-        let (store, index) = StoreHandle::spawn(store, "w", 0, Start::default(), false)
+        let (store, index) = StoreHandle::spawn(store, "w", 0, Start::default(), false, false)
             .await
             .unwrap();
         assert_eq!((store.handoff, index), (Handoff::Direct, 0));
@@ -517,6 +555,53 @@ mod tests {
             reads.outcomes.as_slice(),
             [Ok(ReadOutcome::Count { count: 0 })]
         ));
+    }
+
+    /// The `rideshare worker` process's reads: a few point reads on the calling thread, what
+    /// grows with the data on a reader thread, and the same answers either way.
+    #[tokio::test]
+    async fn only_a_few_point_reads_are_answered_on_the_calling_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Box::new(
+                rideshare_core::store::sqlite::SqliteStore::open(&dir.path().join("w.db")).unwrap(),
+            )
+        };
+        let (inline, _) = StoreHandle::spawn(open(), "w", 1, Start::default(), false, true)
+            .await
+            .unwrap();
+        let (handed_off, _) = StoreHandle::spawn(open(), "v", 1, Start::default(), false, false)
+            .await
+            .unwrap();
+        let user = ReadOp::UserExists {
+            username: Username::parse("ann").unwrap(),
+        };
+        let ride = ReadOp::GetRide {
+            ride_id: rideshare_core::domain::RideId::parse("7").unwrap(),
+        };
+        let points = vec![user.clone(), ride.clone()];
+        assert!(inline.read_inline(&points).is_some());
+        assert!(handed_off.read_inline(&points).is_none());
+        for grows in [
+            ReadOp::ListUsers,
+            ReadOp::CountRides,
+            listing("01-01-2030:00-00-00"),
+        ] {
+            assert!(inline.read_inline(&[user.clone(), grows]).is_none());
+        }
+        assert!(inline
+            .read_inline(&vec![ride.clone(); INLINE_READS + 1])
+            .is_none());
+        // The caller holding the connection (another read in progress) sends the next one on.
+        let held = inline.inline.as_ref().unwrap().lock();
+        assert!(inline.read_inline(&points).is_none());
+        drop(held);
+        let (a, b) = (
+            inline.read(points.clone()).await.unwrap(),
+            handed_off.read(points).await.unwrap(),
+        );
+        assert_eq!(a.applied_index, b.applied_index);
+        assert_eq!(format!("{:?}", a.outcomes), format!("{:?}", b.outcomes));
     }
 
     #[test]

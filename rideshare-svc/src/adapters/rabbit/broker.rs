@@ -77,9 +77,13 @@ impl Broker for RabbitBroker {
         if let Some(reply_to) = &message.reply_to {
             properties = properties.with_reply_to(short(reply_to, "reply_to")?);
         }
-        self.link
-            .publish_confirmed(queue, &message.body, properties)
-            .await
+        if message.transient {
+            self.link.send(queue, &message.body, properties).await
+        } else {
+            self.link
+                .publish_confirmed(queue, &message.body, properties)
+                .await
+        }
     }
 
     async fn consume_prioritized(

@@ -6,8 +6,9 @@
 //!   pool drops a channel a failed method closed (or that died with its connection) and opens
 //!   another on the live connection.
 //! - Every message is published through the default exchange (routing key = queue name),
-//!   persistent unless the message is transient (reads), and a publish returns after
-//!   RabbitMQ's confirm; a nack is an error.
+//!   persistent unless the message is transient (reads, replies). A persistent publish returns
+//!   after RabbitMQ's confirm (a nack is an error); a transient one once its frames are queued
+//!   on the connection ([`Link::send`]).
 //! - A consumer gets a channel of its own with `basic.qos(prefetch)` and manual acks, behind a
 //!   [`ChannelGuard`] that closes it when dropped.
 
@@ -138,6 +139,34 @@ impl Link {
             ),
         )
         .await
+    }
+
+    /// Hands a message to the connection and returns without waiting for the connection's IO
+    /// thread to write it or for RabbitMQ's confirm. lapin queues a publish's frames in the
+    /// first poll of `basic_publish` (everything before its one await is synchronous); the
+    /// rest of that future only waits for the write, two thread handoffs that a caller who
+    /// retries on its own timeout does not need.
+    pub(super) async fn send(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        use futures::FutureExt;
+        let routing_key = short(queue, "queue name")?;
+        self.ensure_live()?;
+        let channel = get(self.channels(), self).await?;
+        let publishing = channel.basic_publish(
+            ShortString::from(""),
+            routing_key,
+            BasicPublishOptions::default(),
+            payload,
+            properties,
+        );
+        match publishing.now_or_never() {
+            Some(Err(e)) => Err(self.fail(format_args!("publish to {queue}"), queue, e)),
+            Some(Ok(_)) | None => Ok(()),
+        }
     }
 
     /// Publishes and waits (bounded) for RabbitMQ's confirm; a nack is an error.
