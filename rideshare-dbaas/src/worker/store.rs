@@ -116,9 +116,10 @@ impl StoreHandle {
             let Some(reader) = store.reader()? else { break };
             reader_senders.push(spawn_reader(reader, worker, n)?);
         }
-        let inline = match inline_point_reads {
-            true => store.reader()?.map(parking_lot::Mutex::new),
-            false => None,
+        let inline = if inline_point_reads {
+            store.reader()?.map(parking_lot::Mutex::new)
+        } else {
+            None
         };
         let exporter = store.reader()?;
         let (commands, received) = mpsc::channel(COMMANDS);
@@ -214,7 +215,8 @@ impl StoreHandle {
     /// the inline connection, when there is one and no other caller holds it; `None` leaves
     /// the reads to the reader threads. A point read takes a few microseconds, and handing it
     /// to a reader thread and back costs two thread wake-ups, each longer than the read on a
-    /// machine whose idle cores must be woken (about 40 µs each on the 2-core VMs measured).
+    /// machine whose idle cores must be woken (`perf sched latency` put a reader thread's
+    /// wake-up delay at about 70 µs on average on the 2-core VM measured).
     /// Listings, counts and the user list grow with the data and always go to a reader.
     fn read_inline(&self, ops: &[ReadOp]) -> Option<Result<Reads>> {
         let point = |op: &ReadOp| matches!(op, ReadOp::UserExists { .. } | ReadOp::GetRide { .. });
