@@ -5,6 +5,8 @@
 #   scripts/bench-compare.sh BIN [BIN...]        e.g. /tmp/rideshare-before target/release/rideshare
 #
 # For every round, each system in turn, and every BIN on it:
+#   - first `GET /health` at 16 clients (no database: how fast the machine's HTTP path is at that
+#     moment, a reference to read the other rows against);
 #   - `rideshare up` embedded, on a fresh data directory: list (10 listed) and create ride at
 #     1, 16 and 64 clients, then a list of 10,000 rides at 16 clients;
 #   - `rideshare up --amqp-url … --zk … --runtime process` on a fresh RabbitMQ vhost and
@@ -75,6 +77,7 @@ run_embedded() {
   "$bin" up --data-dir "$dir/up" "${up_args[@]}" >"$dir/up.log" 2>&1 &
   PID=$!
   wait_ready
+  row up-health "$tag" --concurrency 16 --mix health
   row up-list "$tag" --concurrency 1,16,64 --mix list
   row up-create "$tag" --concurrency 1,16,64 --mix create-ride
   row up-list10000 "$tag" --concurrency 16 --mix list --list-size 10000
@@ -92,6 +95,7 @@ run_real() {
     >"$dir/real.log" 2>&1 &
   PID=$!
   wait_ready
+  row real-health "$tag" --concurrency 16 --mix health
   row real-details "$tag" --concurrency 1 --mix details
   row real-list "$tag" --concurrency 1,16,64 --mix list
   row real-create "$tag" --concurrency 1,16,64 --mix create-ride

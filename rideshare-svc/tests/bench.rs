@@ -34,7 +34,7 @@ async fn a_short_mixed_run_reports_every_operation_and_finds_its_users() {
         "--warmup",
         "100ms",
         "--mix",
-        "list=1,create-ride=1,add-user=1,details=1,join=1",
+        "list=1,create-ride=1,add-user=1,details=1,join=1,health=1",
         "--list-size",
         "5",
         "--join-users",
@@ -54,7 +54,7 @@ async fn a_short_mixed_run_reports_every_operation_and_finds_its_users() {
     let level = &report.levels[0];
     assert_eq!(level.concurrency, 2);
     assert!(level.elapsed_s >= 1.0, "{}", level.elapsed_s);
-    assert_eq!(level.ops.len(), 5);
+    assert_eq!(level.ops.len(), 6);
     for op in Op::ALL {
         let r = level
             .op(op)

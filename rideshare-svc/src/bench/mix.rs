@@ -19,11 +19,22 @@ pub enum Op {
     Join,
     /// `PUT /api/v1/users` with a fresh username.
     AddUser,
+    /// `GET /health` through the gateway: the HTTP path alone, no database. Not an API
+    /// operation: a reference for the machine's state, run beside the others (this machine's
+    /// speed drifts up to 2× within an hour, docs/benchmarks.md).
+    Health,
 }
 
 impl Op {
     /// Every operation, in the order reports list them.
-    pub const ALL: [Op; 5] = [Op::List, Op::Details, Op::CreateRide, Op::Join, Op::AddUser];
+    pub const ALL: [Op; 6] = [
+        Op::List,
+        Op::Details,
+        Op::CreateRide,
+        Op::Join,
+        Op::AddUser,
+        Op::Health,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -33,6 +44,7 @@ impl Op {
             Op::CreateRide => "create-ride",
             Op::Join => "join",
             Op::AddUser => "add-user",
+            Op::Health => "health",
         }
     }
 

@@ -64,7 +64,8 @@ pub struct BenchArgs {
     /// Unmeasured load before each level's measured time (connections stay open across it).
     #[arg(long, env = "RIDESHARE_BENCH_WARMUP", default_value = "0s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Operations to send: one of list, details, create-ride, join, add-user, or weights like
+    /// Operations to send: one of list, details, create-ride, join, add-user, health (`GET
+    /// /health`, no database: a reference for the machine's state), or weights like
     /// `list=8,create-ride=2`.
     #[arg(long, env = "RIDESHARE_BENCH_MIX", default_value = "list")]
     pub mix: Mix,
@@ -194,6 +195,7 @@ struct Requests {
     details: Vec<Uri>,
     rides: Uri,
     users: Uri,
+    health: Uri,
     owner: String,
     create_pair: (u16, u16),
     prefix: String,
@@ -216,6 +218,7 @@ impl Requests {
                 .collect::<Result<_, _>>()?,
             rides: seed::uri("/api/v1/rides".into())?,
             users: seed::uri("/api/v1/users".into())?,
+            health: seed::uri("/health".into())?,
             owner: seeded.owner.clone(),
             create_pair: seeded.create_pair,
             prefix: seeded.prefix(),
@@ -353,6 +356,7 @@ async fn client_loop(mut conn: Conn, a: ClientArgs) -> ClientResult {
         let mut new_user = None;
         let (method, uri, body) = match op {
             Op::List => (Method::GET, r.list.clone(), None),
+            Op::Health => (Method::GET, r.health.clone(), None),
             Op::Details => {
                 let i = (a.client + sent as usize) % r.details.len().max(1);
                 (Method::GET, r.details[i].clone(), None)
