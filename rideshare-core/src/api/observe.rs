@@ -199,7 +199,7 @@ pub fn observe(router: Router, observed: Observed) -> Router {
         .route("/ready", get(ready))
         .with_state(Arc::clone(&observed.probe));
     // One stack, outermost first: one boxed service per request instead of three (see
-    // `ServiceLimits::apply`).
+    // `ServiceLimits::layers`).
     router.merge(routes).layer(
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
