@@ -203,8 +203,16 @@ async fn metrics_of_every_role_parse_as_prometheus_text_and_move_under_load() {
     up.stop().await.unwrap();
 }
 
-/// Crashes the master while probing `/ready` as fast as it answers; answers what was seen,
-/// until it was 200 again after a 503, or 3 s passed.
+/// How long after the crash a probe may still find the cluster ready: an embedded failover can
+/// be over before the first probe after it, so a window with no 503 is retried by the caller.
+const FIND_UNREADY: Duration = Duration::from_secs(3);
+/// How long after the crash the cluster must be ready again once it was seen unready: a new
+/// master, and a replacement slave started and caught up. Failover p99 was 8.3 s under 64
+/// clients (docs/reliability.md); a CI run once took over 3 s here with two other tests beside.
+const READY_AGAIN: Duration = Duration::from_secs(20);
+
+/// Crashes the master while probing `/ready` as fast as it answers; answers what was seen: until
+/// it was 200 again after a 503, or no 503 in `FIND_UNREADY`, or `READY_AGAIN` passed.
 async fn crash_master_watching_ready(up: &Up, c: &Client) -> Vec<(StatusCode, String)> {
     let ready_url = format!("http://{}/ready", up.orchestrator);
     let seen: Arc<Mutex<Vec<(StatusCode, String)>>> = Arc::default();
@@ -212,17 +220,27 @@ async fn crash_master_watching_ready(up: &Up, c: &Client) -> Vec<(StatusCode, St
         let seen = Arc::clone(&seen);
         async move {
             let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(3) {
+            loop {
                 let answer = get(ready_url.clone()).await;
-                let done = answer.0 == StatusCode::OK
-                    && seen
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .any(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE);
+                let was_unready = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE);
+                let done = answer.0 == StatusCode::OK && was_unready;
+                let is_unready = was_unready || answer.0 == StatusCode::SERVICE_UNAVAILABLE;
                 seen.lock().unwrap().push(answer);
-                if done {
+                let bound = if is_unready {
+                    READY_AGAIN
+                } else {
+                    FIND_UNREADY
+                };
+                if done || started.elapsed() >= bound {
                     return;
+                }
+                if is_unready {
+                    // The 503 is seen; the probes need not crowd the recovery.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -254,7 +272,8 @@ async fn ready_is_503_with_a_reason_during_a_failover_and_200_after() {
             assert_eq!(
                 seen.last().map(|(s, _)| *s),
                 Some(StatusCode::OK),
-                "ready again after the failover"
+                "ready again within {READY_AGAIN:?} of the crash; last answers: {:?}",
+                &seen[seen.len().saturating_sub(3)..]
             );
             break unready.clone();
         }

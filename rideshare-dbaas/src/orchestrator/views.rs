@@ -16,8 +16,20 @@ use crate::error::Result;
 use crate::protocol::{MasterRecord, Role};
 use crate::runtime::WorkerHandle;
 
-/// How long a readiness answer is reused while the master stays the same.
+/// How long a "ready" answer is reused while the master stays the same.
 const READY_CACHE: Duration = Duration::from_secs(1);
+/// How long a "not ready" answer is reused: short, so the end of a failover (a slave caught up,
+/// which changes no master) shows within a few probes instead of a second later.
+const UNREADY_CACHE: Duration = Duration::from_millis(50);
+
+/// Whether a readiness answer of this age may be given again (the master unchanged meanwhile).
+fn reusable(answer: &std::result::Result<(), String>, age: Duration) -> bool {
+    age < if answer.is_ok() {
+        READY_CACHE
+    } else {
+        UNREADY_CACHE
+    }
+}
 
 /// Every running worker as shown: role and state from its nodes, applied index from its node
 /// or its last answer, whichever is further. Sorted by pid.
@@ -192,14 +204,14 @@ impl Orchestrator {
         self.telemetry.closing.send_replace(true);
     }
 
-    /// Whether the cluster can serve, reused for a second unless the master changed or was
-    /// lost meanwhile (so a failover shows at once, and a flood of probes costs one look per
-    /// second).
+    /// Whether the cluster can serve, reused unless the master changed or was lost meanwhile
+    /// (so a failover shows at once): "ready" for a second, so a flood of probes costs one look
+    /// per second, and "not ready" for 50 ms, so the recovery shows at once too.
     pub async fn ready(&self) -> std::result::Result<(), String> {
         let version = *self.master_changes.borrow() + self.telemetry.losses.load(Ordering::SeqCst);
         let mut cached = self.telemetry.ready.lock().await;
         if let Some((at, seen, answer)) = cached.as_ref() {
-            if *seen == version && at.elapsed() < READY_CACHE {
+            if *seen == version && reusable(answer, at.elapsed()) {
                 return answer.clone();
             }
         }
@@ -317,6 +329,17 @@ mod tests {
         assert!(readiness(None, &views(&caught_up, None)).is_err());
         assert!(readiness(Some(&taking_over), &views(&caught_up, Some(&taking_over))).is_err());
         assert!(readiness(Some(&ready), &views(&catching_up, Some(&ready))).is_err());
+    }
+
+    #[test]
+    fn a_ready_answer_is_reused_for_a_second_and_a_refusal_for_50_ms() {
+        let ready = Ok(());
+        let refused = Err("no master".to_string());
+        assert!(reusable(&ready, Duration::from_millis(999)));
+        assert!(!reusable(&ready, Duration::from_secs(1)));
+        assert!(reusable(&refused, Duration::from_millis(49)));
+        assert!(!reusable(&refused, Duration::from_millis(50)));
+        assert!(!reusable(&refused, Duration::from_millis(999)));
     }
 
     /// Paused time, and log appends that take (virtual) time: nothing of the election can
