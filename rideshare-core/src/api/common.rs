@@ -92,7 +92,11 @@ impl ServiceLimits {
             .map_response(|response: Response<LimitedResponseBody<Body>>| response.into_response())
             .layer(RequestBodyLimitLayer::new(self.max_body_bytes))
             .map_request(|request: axum::http::Request<Limited<Body>>| request.map(Body::new))
-            .layer(axum::extract::DefaultBodyLimit::max(self.max_body_bytes))
+            // The body limit is `RequestBodyLimitLayer`'s alone (announced lengths and streamed
+            // bodies both, and axum's extractors answer 413 when its limited body stops them):
+            // axum's own default limit for extractors (2 MiB) is switched off, so it is neither a
+            // second copy of the rule nor a cap under a larger `max_body_bytes`.
+            .layer(axum::extract::DefaultBodyLimit::disable())
     }
 
     /// Makes `route` an admin route: 401 without the admin token, when one is set.

@@ -21,7 +21,7 @@ use rideshare_core::store::MemStore;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    call, gateway_config, json_body, rides_config, send, serve, ts, url, NOW, PASSWORD,
+    big_request, call, gateway_config, json_body, rides_config, send, serve, ts, url, NOW, PASSWORD,
 };
 
 const TOKEN: &str = "edge-test-token";
@@ -397,4 +397,35 @@ async fn a_full_hashing_queue_answers_503_with_retry_after_and_loses_no_sign_up(
     let mut got = listed.clone();
     got.sort();
     assert_eq!(got, expected);
+}
+
+/// The body limit is the configured one, whatever axum's extractors would take by default
+/// (2 MiB): a 2.5 MiB body under a 3 MiB limit reaches the JSON parser (400 for this bad JSON),
+/// one byte over the limit is 413, with the length announced or not.
+#[tokio::test]
+async fn the_body_limit_is_the_configured_one_even_above_axums_default() {
+    let limit = 3 * 1024 * 1024;
+    let (users, rides) = users_and_rides(ServiceLimits {
+        max_body_bytes: limit,
+        ..ServiceLimits::default()
+    });
+    for announced in [true, false] {
+        for (router, method, path) in [
+            (&users, Method::PUT, "/api/v1/users"),
+            (&rides, Method::POST, "/api/v1/rides"),
+        ] {
+            let under = big_request(router, method.clone(), path, limit / 6 * 5, announced).await;
+            assert_eq!(
+                under,
+                StatusCode::BAD_REQUEST,
+                "{method} {path} {announced}"
+            );
+            let over = big_request(router, method.clone(), path, limit + 1, announced).await;
+            assert_eq!(
+                over,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{method} {path} {announced}"
+            );
+        }
+    }
 }
